@@ -1,0 +1,1 @@
+"""Adapters: one per boundary (AMI, MQTT bus, SQLite store, directory)."""

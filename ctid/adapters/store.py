@@ -1,0 +1,547 @@
+"""SQLite store: calls, activities, agent states, presences, the outbox and sync cursors.
+
+One aiosqlite connection, one writer task. Every write is queued; the writer
+commits whatever is queued (up to ``batch_max``, waiting at most
+``batch_wait_s`` for more) in one transaction, and a write call returns only
+once its batch is committed, so ``await store.save_activity(...)`` means durable.
+
+Rows of ``calls``, ``activities`` and ``agent_states`` carry ``seq``, one
+sequence across the three tables, bumped by triggers on every insert and every
+update. A CRM exports rows with ``seq`` above its cursor and acknowledges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+import orjson
+
+from ctid.config import StoreConfig
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.errors import StoreError
+
+ExportKind = Literal["activities", "calls", "agent-states"]
+SavedPresence = tuple[str, str, float]  # (presence, reason, since)
+_R = TypeVar("_R", CallRecord, ActivityRecord)
+
+
+def _seq_triggers(table: str) -> tuple[str, ...]:
+    """Triggers giving every insert and update of ``table`` the next ``seq``.
+
+    Part of migration 1: never change the text, add a migration instead.
+    """
+    # SQL here is built from this module's table and column names, never from input.
+    seq = f"UPDATE {table} SET seq = (SELECT value FROM seq_counter) WHERE rowid = NEW.rowid;"  # noqa: S608
+    bump = f"UPDATE seq_counter SET value = value + 1; {seq}"  # noqa: S608
+    # The WHEN guard stops the trigger's own seq update from firing it again.
+    return (
+        f"CREATE TRIGGER {table}_seq_insert AFTER INSERT ON {table} BEGIN {bump} END",
+        f"CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} "
+        f"WHEN NEW.seq IS OLD.seq BEGIN {bump} END",
+    )
+
+
+# Migration n (1-based) is MIGRATIONS[n - 1]; PRAGMA user_version holds the last applied.
+# Append only: an applied migration is history.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE seq_counter (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            value INTEGER NOT NULL) STRICT""",
+        "INSERT INTO seq_counter (id, value) VALUES (1, 0)",
+        """CREATE TABLE calls (
+            pos INTEGER PRIMARY KEY,  -- insert order; an upsert keeps it
+            interaction_id TEXT NOT NULL UNIQUE,
+            media TEXT NOT NULL, direction TEXT NOT NULL,
+            customer_number TEXT NOT NULL, customer_e164 TEXT NOT NULL, queue TEXT NOT NULL,
+            started_at REAL NOT NULL, ended_at REAL NOT NULL, answered_at REAL,
+            wait_s REAL NOT NULL, talk_s REAL NOT NULL, hold_s REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            agents TEXT NOT NULL CHECK (json_valid(agents)),
+            transfers INTEGER NOT NULL,
+            ended_while_disconnected INTEGER NOT NULL CHECK (ended_while_disconnected IN (0, 1)),
+            seq INTEGER UNIQUE) STRICT""",
+        """CREATE TABLE activities (
+            pos INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            agent TEXT NOT NULL, interaction_id TEXT NOT NULL,
+            media TEXT NOT NULL, direction TEXT NOT NULL,
+            customer_number TEXT NOT NULL, customer_e164 TEXT NOT NULL, queue TEXT NOT NULL,
+            offered_at REAL NOT NULL, ended_at REAL NOT NULL, answered_at REAL,
+            ring_s REAL NOT NULL, talk_s REAL NOT NULL, hold_s REAL NOT NULL,
+            wrapup_s REAL NOT NULL, outcome TEXT NOT NULL, notes TEXT NOT NULL,
+            wrapup_code TEXT NOT NULL, transfer_to TEXT NOT NULL, customer_record TEXT NOT NULL,
+            ended_while_disconnected INTEGER NOT NULL CHECK (ended_while_disconnected IN (0, 1)),
+            extra TEXT NOT NULL CHECK (json_valid(extra)),
+            seq INTEGER UNIQUE) STRICT""",
+        "CREATE INDEX activities_interaction ON activities (interaction_id)",
+        "CREATE INDEX activities_agent ON activities (agent, offered_at)",
+        """CREATE TABLE agent_states (
+            id INTEGER PRIMARY KEY,
+            agent TEXT NOT NULL, presence TEXT NOT NULL, reason TEXT NOT NULL,
+            started_at REAL NOT NULL, ended_at REAL NOT NULL,
+            seq INTEGER UNIQUE) STRICT""",
+        "CREATE INDEX agent_states_agent ON agent_states (agent, started_at)",
+        *_seq_triggers("calls"),
+        *_seq_triggers("activities"),
+        *_seq_triggers("agent_states"),
+        """CREATE TABLE agent_presence (
+            agent TEXT PRIMARY KEY,
+            presence TEXT NOT NULL, reason TEXT NOT NULL, since REAL NOT NULL) STRICT""",
+        # AUTOINCREMENT: after a purge empties the table a new row must not get an
+        # old id, or a late outbox_mark_delivered would mark an undelivered message.
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL CHECK (topic <> '' AND topic NOT GLOB '*[+#]*'),
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+            retain INTEGER NOT NULL CHECK (retain IN (0, 1)),
+            created_at REAL NOT NULL, delivered_at REAL) STRICT""",
+        "CREATE INDEX outbox_pending ON outbox (id) WHERE delivered_at IS NULL",
+        """CREATE TABLE sync_cursors (
+            consumer TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL CHECK (seq >= 0), acked_at REAL NOT NULL) STRICT""",
+        # An ack beyond the last seq would silently skip rows written later.
+        """CREATE TRIGGER sync_cursors_bound_insert BEFORE INSERT ON sync_cursors
+            WHEN NEW.seq > (SELECT value FROM seq_counter)
+            BEGIN SELECT RAISE(ABORT, 'ack beyond the last seq'); END""",
+        """CREATE TRIGGER sync_cursors_bound_update BEFORE UPDATE ON sync_cursors
+            WHEN NEW.seq > (SELECT value FROM seq_counter)
+            BEGIN SELECT RAISE(ABORT, 'ack beyond the last seq'); END""",
+    ),
+)
+
+_JSON_COLS = frozenset({"agents", "extra"})
+_BOOL_COLS = frozenset({"ended_while_disconnected"})
+_CALL_COLS = tuple(f.name for f in fields(CallRecord))
+_ACTIVITY_COLS = tuple(f.name for f in fields(ActivityRecord))
+_STATE_COLS = tuple(f.name for f in fields(AgentStateInterval))
+
+
+def _upsert(table: str, cols: tuple[str, ...], key: str) -> str:
+    # ON CONFLICT DO UPDATE (not INSERT OR REPLACE) keeps the row's pos: its insert order.
+    sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+    marks = ", ".join("?" for _ in cols)
+    insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"  # noqa: S608
+    return f"{insert} ON CONFLICT ({key}) DO UPDATE SET {sets}"
+
+
+_UPSERT_CALL = _upsert("calls", _CALL_COLS, "interaction_id")
+_UPSERT_ACTIVITY = _upsert("activities", _ACTIVITY_COLS, "id")
+_INSERT_STATE = f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (topic, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_UPSERT_PRESENCE = (
+    "INSERT INTO agent_presence (agent, presence, reason, since) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (agent) DO UPDATE SET "
+    "presence = excluded.presence, reason = excluded.reason, since = excluded.since"
+)
+_EXPORT_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "calls": ("calls", _CALL_COLS),
+    "activities": ("activities", _ACTIVITY_COLS),
+    "agent-states": ("agent_states", ("id", *_STATE_COLS)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish once the row it belongs to is committed."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """An outbox message not yet marked delivered."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and its parameter rows (executemany)
+
+
+@dataclass(slots=True)
+class _Write:
+    statements: list[Statement]
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _encode(record: CallRecord | ActivityRecord | AgentStateInterval) -> tuple[Any, ...]:
+    values = ((f.name, getattr(record, f.name)) for f in fields(record))
+    return tuple(
+        orjson.dumps(v).decode() if n in _JSON_COLS else int(v) if n in _BOOL_COLS else v
+        for n, v in values
+    )
+
+
+def _decode(row: sqlite3.Row, cols: Iterable[str]) -> dict[str, Any]:
+    return {
+        c: orjson.loads(row[c]) if c in _JSON_COLS else bool(row[c]) if c in _BOOL_COLS else row[c]
+        for c in cols
+    }
+
+
+def _to_record(cls: type[_R], row: sqlite3.Row) -> _R:
+    values = _decode(row, (f.name for f in fields(cls)))
+    if "agents" in values:
+        values["agents"] = tuple(values["agents"])
+    return cls(**values)
+
+
+class Store:
+    """The SQLite store; open it with ``async with Store.open(config) as store``."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        batch_max: int,
+        batch_wait_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._batch_max = max(1, batch_max)
+        self._batch_wait_s = max(0.0, batch_wait_s)
+        self._clock = clock
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        # Held by the writer for a whole transaction and by every read, so a read
+        # on the shared connection never sees a batch that is not committed yet.
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0  # committed write batches (tests check batching with it)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        config: StoreConfig | str | Path,
+        *,
+        batch_max: int = 500,
+        batch_wait_s: float = 0.05,
+        busy_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> AsyncIterator[Store]:
+        """Open (creating and migrating as needed) the database; close it on exit.
+
+        With a ``StoreConfig``, its path and batch settings are used. On exit the
+        writer commits everything already queued before the connection closes.
+        """
+        if isinstance(config, StoreConfig):
+            path, batch_max, batch_wait_s = config.path, config.batch_max, config.batch_wait_s
+        else:
+            path = Path(config)
+        if sqlite3.sqlite_version_info < (3, 37):  # STRICT tables
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: ctid needs 3.37+")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open: {exc}") from exc
+        # try/finally rather than `async with`, so that errors raised by the caller's
+        # block are not mistaken for ours; either way the connection is always closed.
+        try:
+            db.row_factory = sqlite3.Row
+            store = cls(db, batch_max=batch_max, batch_wait_s=batch_wait_s, clock=clock)
+            try:
+                await store._setup(busy_timeout_s)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{path}: cannot prepare the database: {exc}") from exc
+            store._writer = asyncio.create_task(store._write_loop(), name="ctid-store-writer")
+            try:
+                yield store
+            finally:
+                store._closed = True
+                store._queue.put_nowait(None)  # the writer drains what is queued, then stops
+                try:
+                    await store._writer
+                finally:
+                    store._writer.cancel()
+        finally:
+            await db.close()
+
+    async def _setup(self, busy_timeout_s: float) -> None:
+        db = self._db
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("BEGIN IMMEDIATE")  # read the version under the write lock: one migrator
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"database schema version {version} is newer than this ctid "
+                    f"(knows up to {len(MIGRATIONS)}): upgrade ctid or use another store.path"
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in script:
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await _rollback(db)
+            raise
+
+    # -- writing ------------------------------------------------------------------
+
+    async def _submit(self, statements: list[Statement]) -> None:
+        if self._closed or self._writer is None or self._writer.done():
+            raise StoreError("the store is closed")
+        write = _Write([(sql, rows) for sql, rows in statements if rows])
+        if not write.statements:
+            return
+        self._queue.put_nowait(write)
+        await write.done
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        batch: list[_Write] = []
+        try:
+            while not stopping:
+                first = await self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                deadline = loop.time() + self._batch_wait_s
+                while len(batch) < self._batch_max:
+                    try:
+                        if self._queue.empty():
+                            async with asyncio.timeout_at(deadline):
+                                item = await self._queue.get()
+                        else:
+                            item = self._queue.get_nowait()
+                    except TimeoutError:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                await self._commit_batch(batch)
+        finally:
+            # Cancelled: nobody may wait forever. The batch in flight may or may not
+            # have committed; the queued writes certainly did not.
+            for write in batch:
+                _fail(write, StoreError("the store closed during the write; outcome unknown"))
+            while not self._queue.empty():
+                if (item := self._queue.get_nowait()) is not None:
+                    _fail(item, StoreError("the store closed before the write"))
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        # Fast path: one executemany per distinct statement. Grouping reorders only
+        # statements of different kinds, which touch different rows; rows of one kind
+        # keep their queue order, so a later save of the same key still wins.
+        grouped: dict[str, list[tuple[Any, ...]]] = {}
+        for write in batch:
+            for sql, rows in write.statements:
+                grouped.setdefault(sql, []).extend(rows)
+        try:
+            await self._transaction([list(grouped.items())])
+            errors: list[sqlite3.Error | None] = [None] * len(batch)
+        except sqlite3.Error as exc:
+            if len(batch) == 1:
+                errors = [exc]
+            else:
+                # Redo the batch one savepoint per write: only the bad write fails.
+                try:
+                    errors = await self._transaction([w.statements for w in batch])
+                except sqlite3.Error as exc2:
+                    errors = [exc2] * len(batch)
+        for write, error in zip(batch, errors, strict=True):
+            if error is None:
+                _succeed(write)
+            else:
+                _fail(write, error)
+
+    async def _transaction(self, parts: list[list[Statement]]) -> list[sqlite3.Error | None]:
+        """Run ``parts`` in one transaction; several parts each get a savepoint.
+
+        One part raises its error; of several parts, each one's error is returned.
+        """
+        errors: list[sqlite3.Error | None] = []
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for part in parts:
+                    if len(parts) > 1:
+                        await self._db.execute("SAVEPOINT part")
+                    try:
+                        for sql, rows in part:
+                            await self._db.executemany(sql, rows)
+                        errors.append(None)
+                    except sqlite3.Error as exc:
+                        if len(parts) == 1:
+                            raise
+                        await self._db.execute("ROLLBACK TO part")
+                        errors.append(exc)
+                    if len(parts) > 1:
+                        await self._db.execute("RELEASE part")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await _rollback(self._db)
+                raise
+            self.commits += 1
+        return errors
+
+    def _outbox_rows(self, outbox: Sequence[OutboxMessage]) -> list[tuple[Any, ...]]:
+        now = self._clock()
+        return [(m.topic, m.payload, m.qos, int(m.retain), now) for m in outbox]
+
+    async def save_call(self, call: CallRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        """Insert or replace the call and queue its messages, in one transaction."""
+        await self._submit(
+            [(_UPSERT_CALL, [_encode(call)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
+        )
+
+    async def save_activity(
+        self, activity: ActivityRecord, outbox: Sequence[OutboxMessage] = ()
+    ) -> None:
+        """Insert or replace the activity and queue its messages, in one transaction."""
+        await self._submit(
+            [(_UPSERT_ACTIVITY, [_encode(activity)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
+        )
+
+    async def save_state_interval(self, interval: AgentStateInterval) -> None:
+        """Append a closed presence interval."""
+        await self._submit([(_INSERT_STATE, [_encode(interval)])])
+
+    async def save_presence(self, agent: str, presence: str, reason: str, since: float) -> None:
+        """Record the agent's current presence and reason (replacing the previous one)."""
+        await self._submit([(_UPSERT_PRESENCE, [(agent, presence, reason, since)])])
+
+    async def outbox_mark_delivered(self, ids: Iterable[int]) -> None:
+        """Mark outbox messages as published (already delivered ones keep their time)."""
+        now = self._clock()
+        sql = "UPDATE outbox SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL"
+        await self._submit([(sql, [(now, i) for i in ids])])
+
+    async def outbox_purge(self, older_than_s: float) -> None:
+        """Delete delivered messages delivered more than ``older_than_s`` ago."""
+        sql = "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?"
+        await self._submit([(sql, [(self._clock() - older_than_s,)])])
+
+    async def ack(self, consumer: str, seq: int) -> None:
+        """Set ``consumer``'s cursor: it has every exported row up to ``seq``.
+
+        Use one consumer name per export kind: the sequence is shared, so one
+        cursor for two kinds exported with limits would skip rows.
+        """
+        sql = (
+            "INSERT INTO sync_cursors (consumer, seq, acked_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, acked_at = excluded.acked_at"
+        )
+        await self._submit([(sql, [(consumer, seq, self._clock())])])
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            async with self._lock:
+                return list(await self._db.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+
+    async def load_presences(self) -> dict[str, SavedPresence]:
+        """Every agent's last recorded (presence, reason, since)."""
+        rows = await self._fetch("SELECT agent, presence, reason, since FROM agent_presence")
+        return {r["agent"]: (r["presence"], r["reason"], r["since"]) for r in rows}
+
+    async def outbox_pending(self, limit: int = 1000) -> list[PendingMessage]:
+        """Undelivered messages, oldest first."""
+        rows = await self._fetch(
+            "SELECT id, topic, payload, qos, retain FROM outbox "
+            "WHERE delivered_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [PendingMessage(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    async def get_call(self, interaction_id: str) -> CallRecord | None:
+        """The call with this interaction id, if stored."""
+        rows = await self._fetch("SELECT * FROM calls WHERE interaction_id = ?", (interaction_id,))
+        return _to_record(CallRecord, rows[0]) if rows else None
+
+    async def list_activities(
+        self, interaction_id: str | None = None, agent: str | None = None
+    ) -> list[ActivityRecord]:
+        """Activities matching the given filters, in insert order."""
+        rows = await self._fetch(
+            "SELECT * FROM activities WHERE (?1 IS NULL OR interaction_id = ?1) "
+            "AND (?2 IS NULL OR agent = ?2) ORDER BY pos",
+            (interaction_id, agent),
+        )
+        return [_to_record(ActivityRecord, r) for r in rows]
+
+    async def recent_interactions(self, agent: str, limit: int = 20) -> list[ActivityRecord]:
+        """The agent's latest activities, newest offer first."""
+        rows = await self._fetch(
+            "SELECT * FROM activities WHERE agent = ? ORDER BY offered_at DESC, pos DESC LIMIT ?",
+            (agent, limit),
+        )
+        return [_to_record(ActivityRecord, r) for r in rows]
+
+    async def export(
+        self, since_seq: int, kind: ExportKind, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of ``kind`` with ``seq > since_seq`` in seq order, as dicts with ``seq``."""
+        if kind not in _EXPORT_TABLES:
+            raise ValueError(f"unknown export kind {kind!r}")
+        table, cols = _EXPORT_TABLES[kind]
+        # The table name comes from the fixed map above, never from the caller.
+        rows = await self._fetch(
+            f"SELECT * FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (since_seq, -1 if limit is None else limit),
+        )
+        return [_decode(r, (*cols, "seq")) for r in rows]
+
+    async def cursor(self, consumer: str) -> int:
+        """The last seq ``consumer`` acknowledged (0 if never)."""
+        rows = await self._fetch("SELECT seq FROM sync_cursors WHERE consumer = ?", (consumer,))
+        return int(rows[0][0]) if rows else 0
+
+    async def max_seq(self) -> int:
+        """The last seq given to any row (0 when none)."""
+        rows = await self._fetch("SELECT value FROM seq_counter")
+        return int(rows[0][0])
+
+
+def _succeed(write: _Write) -> None:
+    if not write.done.done():  # the caller may have been cancelled meanwhile
+        write.done.set_result(None)
+
+
+def _fail(write: _Write, exc: BaseException) -> None:
+    if not write.done.done():
+        error = StoreError(f"write failed: {exc}")
+        error.__cause__ = exc
+        write.done.set_exception(error)
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    # SQLite may already have rolled back (e.g. on SQLITE_FULL), or a second
+    # cancellation may have closed the connection (aiosqlite's ValueError): both fine.
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await db.execute("ROLLBACK")

@@ -1,0 +1,74 @@
+"""Rows ctid keeps: the finished facts the core hands to the store and the bus.
+
+These are plain frozen dataclasses so that the core can build them without
+knowing SQLite, and the store can persist them without knowing AMI. Times are
+epoch seconds (float, from the events' ``Timestamp``); durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One interaction as a whole (all legs of one Asterisk ``Linkedid``)."""
+
+    interaction_id: str
+    media: str  # "call" | "chat" | "email" | "callback" | "campaign"
+    direction: str  # "inbound" | "outbound" | "internal"
+    customer_number: str  # as the network gave it ("" when there was no ANI)
+    customer_e164: str  # normalised, "" when unknown
+    queue: str  # the first queue the customer waited in, "" if none
+    started_at: float
+    ended_at: float
+    answered_at: float | None = None
+    wait_s: float = 0.0  # queue wait until answer or abandon
+    talk_s: float = 0.0
+    hold_s: float = 0.0
+    outcome: str = (
+        "answered"  # "answered" | "abandoned" | "missed" | "failed" | "busy" | "no_answer"
+    )
+    agents: tuple[str, ...] = ()  # every agent who took part, in order
+    transfers: int = 0
+    ended_while_disconnected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRecord:
+    """One agent's part in one interaction (the Webex seed's conversation activity)."""
+
+    id: str  # stable: "{interaction_id}/{agent}/{n}", so a replay or resync cannot duplicate it
+    agent: str
+    interaction_id: str
+    media: str
+    direction: str
+    customer_number: str
+    customer_e164: str
+    queue: str
+    offered_at: float
+    ended_at: float
+    answered_at: float | None = None
+    ring_s: float = 0.0
+    talk_s: float = 0.0
+    hold_s: float = 0.0
+    wrapup_s: float = 0.0
+    outcome: str = "answered"  # "answered" | "missed" | "transferred" | "consulted" | "failed" …
+    notes: str = ""
+    wrapup_code: str = ""
+    transfer_to: str = ""
+    customer_record: str = ""  # the matched directory record id, if any
+    ended_while_disconnected: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStateInterval:
+    """A closed interval of one agent's presence (for time ready / not ready by reason)."""
+
+    agent: str
+    presence: str
+    reason: str
+    started_at: float
+    ended_at: float
