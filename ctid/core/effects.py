@@ -1,0 +1,66 @@
+"""Effects: what the pure core asks the shell to do, as data.
+
+The core never publishes, stores or sends anything itself. It returns these,
+and the composition root hands each to the adapter that owns the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``payload`` on ``{prefix}/{topic}`` (``topic`` starts with ``v1/``)."""
+
+    topic: str
+    payload: dict[str, Any]
+    retain: bool = False
+    qos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EmitActivity:
+    """Store an activity and its messages (outbox), then publish them: store before publish."""
+
+    record: ActivityRecord
+    messages: tuple[Publish, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EmitCall:
+    """Store a finished call's statistics row, then publish its CRM message through the outbox."""
+
+    record: CallRecord
+    messages: tuple[Publish, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInterval:
+    """Store a closed agent presence interval (time ready / not ready by reason)."""
+
+    interval: AgentStateInterval
+
+
+@dataclass(frozen=True, slots=True)
+class SavePresence:
+    """Persist an agent's current presence and reason (re-applied after a PBX restart)."""
+
+    agent: str
+    presence: str
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendAction:
+    """Send an AMI action; fields are validated again when framed."""
+
+    action: str
+    fields: tuple[tuple[str, str], ...]
+
+
+Effect = Publish | EmitActivity | EmitCall | RecordInterval | SavePresence | SendAction

@@ -1,0 +1,1054 @@
+"""The call and agent model: AMI events in, state and effects out. No I/O.
+
+``Model.apply(msg, now)`` applies one AMI event and returns the effects it
+caused (publish a pop, store an activity, …). Entities (channels, calls, agent
+parts, agents) are frozen dataclasses replaced on change; the model owns the
+maps that hold them. Asterisk is the source of truth: an event the model does
+not expect (a Hangup for a channel it never saw, a duplicate DialEnd) is
+absorbed, never raised.
+
+How Asterisk shows a call (captures README, and the captures themselves):
+
+* Every channel of one call carries the same ``Linkedid`` (the first channel's
+  ``Uniqueid``), including agent legs, Local legs of a consult, the new leg after
+  a transfer and the PSTN leg of a click-to-dial (README point 8). An interaction
+  is therefore keyed by ``Linkedid``.
+* An agent's *part* in an interaction is the life of its device's channels in
+  that call: offered when its channel appears, alerting when it rings, accepted
+  when it is answered, ended when its last channel hangs up.
+* Which channels are agents' comes from the config (``agents[].devices``): the
+  device of ``PJSIP/1001-0000001a`` is ``PJSIP/1001``, of ``IAX2/1001-12345`` is
+  ``IAX2/1001`` (README point 7). ``Local/…`` channels are plumbing, never a party.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from ctid.core import contract
+from ctid.core.ami import AmiMessage
+from ctid.core.effects import (
+    Effect,
+    EmitActivity,
+    EmitCall,
+    Publish,
+    RecordInterval,
+    SavePresence,
+)
+from ctid.core.numbers import Number, NumberNormalizer
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+
+
+class Presence(StrEnum):
+    LOGGED_OUT = "logged_out"
+    READY = "ready"
+    NOT_READY = "not_ready"
+    WRAP_UP = "wrap_up"
+
+
+class Phone(StrEnum):
+    IDLE = "idle"
+    RINGING = "ringing"
+    DIALING = "dialing"
+    TALKING = "talking"
+    HELD = "held"
+
+
+class Link(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    RECONNECTING = "reconnecting"
+
+
+# ChannelState numbers from Asterisk's ast_channel_state (channelstate.h).
+_STATE_NAMES = {
+    "0": "down",
+    "1": "reserved",
+    "2": "offhook",
+    "3": "dialing",
+    "4": "ring",
+    "5": "ringing",
+    "6": "up",
+    "7": "busy",
+}
+
+# Dial statuses that end an outbound attempt without an answer, mapped to call outcomes.
+_DIAL_FAILURES = {
+    "BUSY": "busy",
+    "NOANSWER": "no_answer",
+    "CONGESTION": "failed",
+    "CHANUNAVAIL": "failed",
+    "CANCEL": "missed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What the model needs to know of a configured agent."""
+
+    id: str
+    devices: tuple[str, ...]
+    limit: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    agents: tuple[AgentSpec, ...] = ()
+    attached_prefix: str = "CTI_"
+    pop_on: str = "alerting"
+    interaction_limit: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    uniqueid: str
+    linkedid: str
+    name: str
+    device: str
+    agent: str | None
+    state: str
+    caller_num: str
+    caller_name: str
+    connected_num: str
+    created_at: float
+    bridge: str = ""
+    held: bool = False
+    dialer: bool = False  # this channel dialled another (the calling side of a Dial)
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One agent's part in one interaction."""
+
+    agent: str
+    call_id: str
+    n: int
+    why: str  # "inbound" | "transfer" | "consult" | "outbound" | "internal"
+    offered_at: float
+    channels: frozenset[str] = frozenset()
+    queue: str = ""
+    alerting_at: float | None = None
+    answered_at: float | None = None
+    hold_since: float | None = None
+    hold_s: float = 0.0
+    hold_source: str = ""  # "hold" (Hold/Unhold events) or "moh" (IAX2: MusicOnHold only)
+    originator: bool = False
+    transferred_to: str = ""
+    consulted: bool = False
+    last_pop: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: str
+    started_at: float
+    direction: str  # "inbound" | "outbound" | "internal"
+    customer_uid: str = ""
+    customer_raw: str = ""
+    customer_name: str = ""
+    queue: str = ""
+    queued_at: float | None = None
+    wait_s: float | None = None
+    abandoned: bool = False
+    answered_at: float | None = None
+    dial_status: str = ""
+    attached: tuple[tuple[str, str], ...] = ()
+    agents: tuple[str, ...] = ()
+    transfers: int = 0
+    channels: frozenset[str] = frozenset()
+    talk_s: float = 0.0
+    hold_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    devices: tuple[str, ...]
+    limit: int
+    presence: Presence = Presence.LOGGED_OUT
+    reason: str = ""
+    since: float = 0.0
+    phone: Phone = Phone.IDLE
+    seq: int = 0
+    queues: Mapping[str, tuple[bool, str]] = field(
+        default_factory=dict
+    )  # queue -> (paused, reason)
+    parts: frozenset[str] = frozenset()  # open interaction ids
+    published: tuple[Any, ...] = ()  # last published state key, to publish only on change
+
+
+class Model:
+    """The whole model of calls and agents; ``apply`` is its only way in."""
+
+    def __init__(self, settings: ModelSettings, numbers: NumberNormalizer) -> None:
+        self.settings = settings
+        self.numbers = numbers
+        self.link = Link.UP
+        self.channels: dict[str, Channel] = {}
+        self.calls: dict[str, Call] = {}
+        self.parts: dict[tuple[str, str], Part] = {}
+        self.agents: dict[str, Agent] = {
+            spec.id: Agent(id=spec.id, devices=spec.devices, limit=spec.limit)
+            for spec in settings.agents
+        }
+        self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
+        self._part_counter: dict[tuple[str, str], int] = {}
+        self._handlers = {
+            "Newchannel": self._on_newchannel,
+            "Newstate": self._on_newstate,
+            "NewCallerid": self._on_newcallerid,
+            "NewConnectedLine": self._on_newcallerid,
+            "DialBegin": self._on_dial_begin,
+            "DialEnd": self._on_dial_end,
+            "Hangup": self._on_hangup,
+            "BridgeEnter": self._on_bridge_enter,
+            "BridgeLeave": self._on_bridge_leave,
+            "Hold": self._on_hold,
+            "Unhold": self._on_unhold,
+            "MusicOnHoldStart": self._on_moh_start,
+            "MusicOnHoldStop": self._on_moh_stop,
+            "QueueCallerJoin": self._on_queue_join,
+            "QueueCallerAbandon": self._on_queue_abandon,
+            "AgentCalled": self._on_agent_called,
+            "AgentConnect": self._on_agent_connect,
+            "BlindTransfer": self._on_blind_transfer,
+            "AttendedTransfer": self._on_attended_transfer,
+            "VarSet": self._on_varset,
+            "QueueMemberStatus": self._on_member,
+            "QueueMemberAdded": self._on_member,
+            "QueueMemberPause": self._on_member,
+            "QueueMemberRemoved": self._on_member_removed,
+        }
+
+    # ------------------------------------------------------------------ entry points
+
+    def apply(self, msg: AmiMessage, now: float) -> list[Effect]:
+        """Apply one AMI event at time ``now`` and return the effects it caused."""
+        handler = self._handlers.get(msg.event)
+        if handler is None:
+            return []
+        out: list[Effect] = []
+        handler(msg, now, out)
+        return out
+
+    def set_link(self, link: Link, now: float) -> list[Effect]:
+        """The PBX link changed: every logged-in agent's state shows it."""
+        self.link = link
+        out: list[Effect] = []
+        for agent_id in self.agents:
+            self._publish_state(agent_id, now, out)
+        return out
+
+    def initial_states(self, now: float) -> list[Effect]:
+        """Retained states for every configured agent (published once at start-up)."""
+        out: list[Effect] = []
+        for agent_id in self.agents:
+            self._publish_state(agent_id, now, out, force=True)
+        return out
+
+    def resync_queue_members(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
+        """Replace every agent's queue memberships with a ``QueueStatus`` answer.
+
+        Members removed while the link was down simply are not listed, so the
+        answer is taken as the whole truth, not merged.
+        """
+        by_agent: dict[str, dict[str, tuple[bool, str]]] = {
+            agent_id: {} for agent_id in self.agents
+        }
+        for item in items:
+            if item.event != "QueueMember":
+                continue
+            agent_id = self.agent_of_device(item.get("StateInterface") or item.get("Location"))
+            if agent_id is None:
+                agent_id = self.agent_of_device(item.get("Location"))
+            if agent_id is None:
+                continue
+            paused = item.get("Paused") == "1"
+            by_agent[agent_id][item.get("Queue")] = (
+                paused,
+                item.get("PausedReason") if paused else "",
+            )
+        out: list[Effect] = []
+        for agent_id, queues in by_agent.items():
+            self._set_queues(self.agents[agent_id], queues, now, out)
+        return out
+
+    def agent_of_device(self, channel_or_interface: str) -> str | None:
+        return self._device_agent.get(device_of(channel_or_interface))
+
+    # ------------------------------------------------------------------ channels
+
+    def _on_newchannel(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        uid = msg.get("Uniqueid")
+        if not uid or uid in self.channels:
+            return
+        linkedid = msg.get("Linkedid") or uid
+        name = msg.get("Channel")
+        device = device_of(name)
+        agent = self._device_agent.get(device)
+        chan = Channel(
+            uniqueid=uid,
+            linkedid=linkedid,
+            name=name,
+            device=device,
+            agent=agent,
+            state=_state_of(msg),
+            caller_num=_clean(msg.get("CallerIDNum")),
+            caller_name=_clean(msg.get("CallerIDName")),
+            connected_num=_clean(msg.get("ConnectedLineNum")),
+            created_at=now,
+            local=name.startswith("Local/"),
+        )
+        self.channels[uid] = chan
+        call = self.calls.get(linkedid)
+        if call is None:
+            # The first channel decides the direction: a customer calling in, or
+            # an agent's device calling out (click to dial is an Originate to the
+            # agent's device first: README point 14).
+            direction = "internal" if agent is not None or chan.local else "inbound"
+            call = Call(id=linkedid, started_at=now, direction=direction)
+            if agent is None and not chan.local:
+                call = replace(
+                    call,
+                    customer_uid=uid,
+                    customer_raw=chan.caller_num,
+                    customer_name=chan.caller_name,
+                )
+        elif agent is None and not chan.local and not call.customer_uid:
+            # A non-agent leg joins a call an agent started: an outbound call.
+            call = replace(
+                call, direction="outbound", customer_uid=uid, customer_raw=chan.caller_num
+            )
+        call = replace(call, channels=call.channels | {uid})
+        self.calls[linkedid] = call
+        if agent is not None:
+            self._join_part(agent, call, chan, now, out, originator=(uid == linkedid))
+
+    def _join_part(
+        self,
+        agent: str,
+        call: Call,
+        chan: Channel,
+        now: float,
+        out: list[Effect],
+        *,
+        originator: bool,
+    ) -> None:
+        key = (call.id, agent)
+        part = self.parts.get(key)
+        if part is None:
+            counter = self._part_counter.get(key, 0) + 1
+            self._part_counter[key] = counter
+            if originator:
+                why = "outbound"
+            elif call.transfers:
+                why = "transfer"
+            elif any(
+                p.call_id == call.id and p.answered_at is not None
+                for p in self._parts_of_call(call.id)
+            ):
+                why = "consult"
+            else:
+                why = "inbound" if call.direction == "inbound" else call.direction
+            part = Part(
+                agent=agent,
+                call_id=call.id,
+                n=counter,
+                why=why,
+                offered_at=now,
+                originator=originator,
+            )
+            if agent not in call.agents:
+                self.calls[call.id] = replace(call, agents=(*call.agents, agent))
+            ag = self.agents[agent]
+            self.agents[agent] = replace(ag, parts=ag.parts | {call.id})
+        self.parts[key] = replace(part, channels=part.channels | {chan.uniqueid})
+        self._refresh_phone(agent, now, out)
+
+    def _on_newstate(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self._update_ids(msg)
+        if chan is None:
+            return
+        state = _state_of(msg)
+        old = chan.state
+        chan = replace(chan, state=state)
+        self.channels[chan.uniqueid] = chan
+        call = self.calls.get(chan.linkedid)
+        if call is None:
+            return
+        if chan.uniqueid == call.customer_uid:
+            call = replace(call, customer_raw=chan.caller_num or call.customer_raw)
+            self.calls[call.id] = call
+        if chan.agent is not None:
+            part = self.parts.get((call.id, chan.agent))
+            if part is not None:
+                if state == "ringing" and old != "ringing" and not part.originator:
+                    self._alerting(part, now, out)
+                elif state == "up" and part.answered_at is None and not part.originator:
+                    self._answered(part, now, out)
+            self._refresh_phone(chan.agent, now, out)
+        elif chan.uniqueid == call.customer_uid and state == "up" and call.direction == "outbound":
+            # The far end of a click-to-dial answered: the agent's talk starts now.
+            for part in self._parts_of_call(call.id):
+                if part.originator and part.answered_at is None:
+                    self._answered(part, now, out)
+            self._refresh_agents_of(call.id, now, out)
+
+    def _on_newcallerid(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self._update_ids(msg)
+        if chan is None:
+            return
+        call = self.calls.get(chan.linkedid)
+        if call is not None and chan.uniqueid == call.customer_uid and chan.caller_num:
+            self.calls[call.id] = replace(
+                call,
+                customer_raw=chan.caller_num,
+                customer_name=chan.caller_name or call.customer_name,
+            )
+
+    def _update_ids(self, msg: AmiMessage) -> Channel | None:
+        """Refresh a channel's caller and connected line from any event about it."""
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None:
+            return None
+        num = _clean(msg.get("CallerIDNum"))
+        name = _clean(msg.get("CallerIDName"))
+        conn = _clean(msg.get("ConnectedLineNum"))
+        if (
+            (num and num != chan.caller_num)
+            or (name and name != chan.caller_name)
+            or (conn and conn != chan.connected_num)
+        ):
+            chan = replace(
+                chan,
+                caller_num=num or chan.caller_num,
+                caller_name=name or chan.caller_name,
+                connected_num=conn or chan.connected_num,
+            )
+            self.channels[chan.uniqueid] = chan
+        return chan
+
+    def _on_dial_begin(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        src = self.channels.get(msg.get("Uniqueid"))
+        if src is not None and not src.dialer:
+            self.channels[src.uniqueid] = replace(src, dialer=True)
+        dest = self.channels.get(msg.get("DestUniqueid"))
+        if dest is None or src is None:
+            return
+        call = self.calls.get(dest.linkedid)
+        if call is None:
+            return
+        if (
+            dest.agent is None
+            and not dest.local
+            and src.agent is not None
+            and call.direction == "outbound"
+        ):
+            # Click to dial: the agent's leg dials the customer. The agent's pop
+            # shows whom it is calling, as soon as the number is known.
+            raw = (
+                _clean(msg.get("DestCallerIDNum"))
+                or _clean(msg.get("DestExten"))
+                or call.customer_raw
+            )
+            call = replace(call, customer_raw=raw or call.customer_raw)
+            self.calls[call.id] = call
+            part = self.parts.get((call.id, src.agent))
+            if part is not None and part.last_pop is None:
+                self._pop(part, "alerting", now, out)
+
+    def _on_dial_end(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        dest = self.channels.get(msg.get("DestUniqueid"))
+        status = msg.get("DialStatus")
+        if dest is None:
+            return
+        call = self.calls.get(dest.linkedid)
+        # DialEnd can repeat for one leg (README point 15): the first status wins
+        # unless a later one is an answer.
+        if (
+            call is not None
+            and dest.uniqueid == call.customer_uid
+            and status
+            and (not call.dial_status or status == "ANSWER")
+        ):
+            self.calls[call.id] = replace(call, dial_status=status)
+
+    def _on_hangup(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        uid = msg.get("Uniqueid")
+        chan = self.channels.pop(uid, None)
+        if chan is None:
+            return
+        call = self.calls.get(chan.linkedid)
+        if call is None:
+            return
+        call = replace(call, channels=call.channels - {uid})
+        self.calls[call.id] = call
+        if chan.agent is not None:
+            part = self.parts.get((call.id, chan.agent))
+            if part is not None:
+                part = replace(part, channels=part.channels - {uid})
+                self.parts[(call.id, chan.agent)] = part
+                if not part.channels:
+                    self._end_part(part, now, out)
+            self._refresh_phone(chan.agent, now, out)
+        if not call.channels:
+            self._end_call(call, now, out)
+
+    # ------------------------------------------------------------------ bridges and holds
+
+    def _on_bridge_enter(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None:
+            return
+        self.channels[chan.uniqueid] = replace(chan, bridge=msg.get("BridgeUniqueid"))
+        self._refresh_agents_of(chan.linkedid, now, out)
+
+    def _on_bridge_leave(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None:
+            return
+        self.channels[chan.uniqueid] = replace(chan, bridge="")
+        self._refresh_agents_of(chan.linkedid, now, out)
+
+    def _on_hold(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None:
+            return
+        self.channels[chan.uniqueid] = replace(chan, held=True)
+        if chan.agent is not None:
+            self._hold_part(chan.linkedid, chan.agent, now, "hold", start=True)
+            self._refresh_phone(chan.agent, now, out)
+
+    def _on_unhold(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None:
+            return
+        self.channels[chan.uniqueid] = replace(chan, held=False)
+        if chan.agent is not None:
+            self._hold_part(chan.linkedid, chan.agent, now, "hold", start=False)
+            self._refresh_phone(chan.agent, now, out)
+
+    def _on_moh_start(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        self._moh(msg, now, out, start=True)
+
+    def _on_moh_stop(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        self._moh(msg, now, out, start=False)
+
+    def _moh(self, msg: AmiMessage, now: float, out: list[Effect], *, start: bool) -> None:
+        # Music on hold for the customer while it is bridged to an agent is a hold
+        # by that agent. chan_iax2 shows a handset hold only this way: no Hold
+        # event at all (README point 13). Music while queued is not a hold.
+        chan = self.channels.get(msg.get("Uniqueid"))
+        if chan is None or chan.agent is not None:
+            return
+        for part in self._parts_of_call(chan.linkedid):
+            if part.answered_at is None:
+                continue
+            if start and not chan.bridge:
+                continue
+            self._hold_part(part.call_id, part.agent, now, "moh", start=start)
+            self._refresh_phone(part.agent, now, out)
+
+    def _hold_part(self, call_id: str, agent: str, now: float, source: str, *, start: bool) -> None:
+        part = self.parts.get((call_id, agent))
+        if part is None:
+            return
+        if start:
+            if part.hold_since is None and (part.hold_source in ("", source)):
+                part = replace(part, hold_since=now, hold_source=source)
+        elif part.hold_since is not None and part.hold_source == source:
+            part = replace(
+                part, hold_s=part.hold_s + max(0.0, now - part.hold_since), hold_since=None
+            )
+        self.parts[(call_id, agent)] = part
+
+    # ------------------------------------------------------------------ queues
+
+    def _on_queue_join(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        call = self.calls.get(msg.get("Linkedid"))
+        if call is None:
+            return
+        if not call.queue:
+            call = replace(call, queue=msg.get("Queue"), queued_at=now)
+        elif call.transfers:
+            # A blind transfer into another queue: the same customer channel joins
+            # again (README point 21); its wait counts from the re-join.
+            call = replace(call, queued_at=now)
+        self.calls[call.id] = call
+
+    def _on_queue_abandon(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        call = self.calls.get(msg.get("Linkedid"))
+        if call is None:
+            return
+        wait = _float(msg.get("HoldTime"))
+        self.calls[call.id] = replace(
+            call, abandoned=True, wait_s=call.wait_s if call.wait_s is not None else wait
+        )
+
+    def _on_agent_called(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        agent = self.agent_of_device(msg.get("Interface"))
+        call = self.calls.get(msg.get("Linkedid"))
+        if agent is None or call is None:
+            return
+        part = self.parts.get((call.id, agent))
+        if part is not None and not part.queue:
+            self.parts[(call.id, agent)] = replace(part, queue=msg.get("Queue"))
+
+    def _on_agent_connect(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        call = self.calls.get(msg.get("Linkedid"))
+        if call is None:
+            return
+        if call.wait_s is None:
+            wait = _float(msg.get("HoldTime"))
+            if call.queued_at is not None:
+                # Timestamps are finer than HoldTime's whole seconds.
+                wait = max(0.0, now - call.queued_at)
+            self.calls[call.id] = replace(call, wait_s=wait)
+
+    # ------------------------------------------------------------------ transfers
+
+    def _on_blind_transfer(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        transferer = self.channels.get(msg.get("TransfererUniqueid"))
+        if transferer is None or msg.get("Result") not in ("", "Success"):
+            return
+        call = self.calls.get(transferer.linkedid)
+        if call is None:
+            return
+        self.calls[call.id] = replace(call, transfers=call.transfers + 1)
+        if transferer.agent is not None:
+            key = (call.id, transferer.agent)
+            part = self.parts.get(key)
+            if part is not None:
+                self.parts[key] = replace(part, transferred_to=msg.get("Extension"))
+
+    def _on_attended_transfer(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        if msg.get("Result") != "Success":
+            return
+        transferer = self.channels.get(msg.get("OrigTransfererUniqueid"))
+        if transferer is None:
+            return
+        call = self.calls.get(transferer.linkedid)
+        if call is None:
+            return
+        if msg.get("DestType") == "Threeway":
+            # A three-way conference: the transferer stays in the call (README point 23).
+            return
+        self.calls[call.id] = replace(call, transfers=call.transfers + 1)
+        target = self.channels.get(msg.get("TransferTargetUniqueid"))
+        to = ""
+        if target is not None:
+            to = target.name.split("/", 1)[-1].split("@", 1)[0] if target.local else target.device
+        if transferer.agent is not None:
+            key = (call.id, transferer.agent)
+            part = self.parts.get(key)
+            if part is not None:
+                self.parts[key] = replace(part, transferred_to=to or "transfer")
+
+    # ------------------------------------------------------------------ attached data
+
+    def _on_varset(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        prefix = self.settings.attached_prefix
+        var = msg.get("Variable")
+        if not prefix or not var.startswith(prefix):
+            return
+        call = self.calls.get(msg.get("Linkedid"))
+        if call is None:
+            return
+        attached = dict(call.attached)
+        attached[var[len(prefix) :]] = msg.get("Value")
+        self.calls[call.id] = replace(call, attached=tuple(attached.items()))
+
+    # ------------------------------------------------------------------ presence
+
+    def _on_member(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        agent_id = self.agent_of_device(msg.get("Interface") or msg.get("Location"))
+        if agent_id is None:
+            return
+        agent = self.agents[agent_id]
+        paused = msg.get("Paused") == "1"
+        reason = msg.get("PausedReason") if paused else ""
+        queues = dict(agent.queues)
+        queues[msg.get("Queue")] = (paused, reason)
+        self._set_queues(agent, queues, now, out)
+
+    def _on_member_removed(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        agent_id = self.agent_of_device(msg.get("Interface") or msg.get("Location"))
+        if agent_id is None:
+            return
+        agent = self.agents[agent_id]
+        queues = dict(agent.queues)
+        queues.pop(msg.get("Queue"), None)
+        self._set_queues(agent, queues, now, out)
+
+    def _set_queues(
+        self, agent: Agent, queues: dict[str, tuple[bool, str]], now: float, out: list[Effect]
+    ) -> None:
+        presence, reason = presence_of(queues)
+        if agent.presence == Presence.WRAP_UP and presence != Presence.LOGGED_OUT:
+            presence, reason = agent.presence, agent.reason
+        agent = replace(agent, queues=queues)
+        if (presence, reason) != (agent.presence, agent.reason):
+            if agent.since:
+                out.append(
+                    RecordInterval(
+                        AgentStateInterval(
+                            agent.id, agent.presence.value, agent.reason, agent.since, now
+                        )
+                    )
+                )
+            out.append(SavePresence(agent.id, presence.value, reason, now))
+            agent = replace(agent, presence=presence, reason=reason, since=now)
+        self.agents[agent.id] = agent
+        self._publish_state(agent.id, now, out)
+
+    # ------------------------------------------------------------------ agent parts
+
+    def _parts_of_call(self, call_id: str) -> list[Part]:
+        return [p for (cid, _), p in self.parts.items() if cid == call_id]
+
+    def _alerting(self, part: Part, now: float, out: list[Effect]) -> None:
+        part = replace(part, alerting_at=part.alerting_at or now)
+        self.parts[(part.call_id, part.agent)] = part
+        if self.settings.pop_on == "alerting":
+            self._pop(part, "alerting", now, out)
+
+    def _answered(self, part: Part, now: float, out: list[Effect]) -> None:
+        part = replace(part, answered_at=now)
+        self.parts[(part.call_id, part.agent)] = part
+        call = self.calls[part.call_id]
+        if call.answered_at is None:
+            self.calls[call.id] = replace(call, answered_at=now)
+        self._pop(part, "accepted", now, out)
+
+    def _pop(self, part: Part, phase: str, now: float, out: list[Effect]) -> None:
+        call = self.calls[part.call_id]
+        number = self._customer_number(call, part)
+        match_kind = "no_ani" if number.kind == "no_ani" else "none"
+        payload = contract.envelope(
+            "pop",
+            now,
+            agent=part.agent,
+            interaction_id=call.id,
+            media="call",
+            direction=call.direction,
+            phase=phase,
+            number=number.as_payload(),
+            caller_name=call.customer_name,
+            match={"kind": match_kind, "records": []},
+            lookup="done",
+            queue=part.queue or call.queue,
+            attached=dict(call.attached),
+            why=part.why,
+        )
+        key = (part.call_id, part.agent)
+        if key in self.parts:  # a withdrawn pop is sent after the part has ended
+            self.parts[key] = replace(part, last_pop=payload)
+        self._agent_publish(part.agent, "pop", payload, now, out)
+        self._publish_snapshot(part.agent, now, out)
+
+    def _customer_number(self, call: Call, part: Part) -> Number:
+        raw = call.customer_raw
+        if call.direction == "internal":
+            # Internal call: the other agent's extension is the "customer".
+            chan = next((self.channels[u] for u in part.channels if u in self.channels), None)
+            if chan is not None:
+                raw = (
+                    chan.connected_num
+                    if part.originator
+                    else self._first_caller(call) or chan.connected_num
+                )
+        return self.numbers.normalize(raw)
+
+    def _first_caller(self, call: Call) -> str:
+        first = self.channels.get(call.id)
+        return first.caller_num if first is not None else ""
+
+    def _end_part(self, part: Part, now: float, out: list[Effect]) -> None:
+        key = (part.call_id, part.agent)
+        self.parts.pop(key, None)
+        call = self.calls[part.call_id]
+        if part.hold_since is not None:
+            part = replace(
+                part, hold_s=part.hold_s + max(0.0, now - part.hold_since), hold_since=None
+            )
+        answered = part.answered_at
+        if part.transferred_to:
+            outcome = "transferred"
+        elif answered is not None:
+            outcome = "answered"
+        elif part.originator:
+            # The agent's own handset may have answered; the customer's fate is in
+            # DialEnd's DialStatus (README point 14).
+            outcome = _DIAL_FAILURES.get(call.dial_status, "failed")
+        else:
+            outcome = "missed"
+        ring_from = part.alerting_at or part.offered_at
+        ring_s = max(0.0, (answered if answered is not None else now) - ring_from)
+        talk_s = max(0.0, now - answered - part.hold_s) if answered is not None else 0.0
+        number = self._customer_number(call, part)
+        record = ActivityRecord(
+            id=f"{call.id}/{part.agent}/{part.n}",
+            agent=part.agent,
+            interaction_id=call.id,
+            media="call",
+            direction=call.direction,
+            customer_number=number.raw,
+            customer_e164=number.e164,
+            queue=part.queue or call.queue,
+            offered_at=part.offered_at,
+            answered_at=answered,
+            ended_at=now,
+            ring_s=ring_s,
+            talk_s=talk_s,
+            hold_s=part.hold_s,
+            outcome=outcome,
+            transfer_to=part.transferred_to,
+        )
+        self.calls[call.id] = replace(
+            call, talk_s=call.talk_s + talk_s, hold_s=call.hold_s + part.hold_s
+        )
+        agent = self.agents[part.agent]
+        self.agents[part.agent] = replace(agent, parts=agent.parts - {call.id})
+        if answered is None and part.last_pop is not None:
+            # The agent was offered the call but did not take it (another agent
+            # answered, ring-no-answer, the caller gave up): withdraw the pop.
+            self._pop(part, "withdrawn", now, out)
+        if (
+            answered is None
+            and part.last_pop is None
+            and part.alerting_at is None
+            and not part.originator
+        ):
+            # Never rang (a leg created and torn down at once): not worth an activity.
+            self._publish_snapshot(part.agent, now, out)
+            return
+        seq = self._next_seq(part.agent)
+        payload = contract.activity_payload(record, ts=now, seq=seq)
+        messages = (
+            Publish(contract.agent_topic(part.agent, "activity"), payload, qos=1),
+            Publish(contract.CRM_ACTIVITY_TOPIC, payload, qos=1),
+        )
+        out.append(EmitActivity(record, messages))
+        self._call_update(part, "ended", now, out)
+        self._publish_snapshot(part.agent, now, out)
+
+    def _end_call(self, call: Call, now: float, out: list[Effect]) -> None:
+        for key in [k for k in self.parts if k[0] == call.id]:
+            self._end_part(self.parts[key], now, out)
+        call = self.calls.pop(call.id, call)
+        if call.direction == "internal" and not call.agents:
+            return
+        number = self.numbers.normalize(call.customer_raw)
+        outcome = self._call_outcome(call)
+        wait = call.wait_s
+        if wait is None and call.queued_at is not None:
+            wait = max(0.0, (call.answered_at or now) - call.queued_at)
+        record = CallRecord(
+            interaction_id=call.id,
+            media="call",
+            direction=call.direction,
+            customer_number=number.raw,
+            customer_e164=number.e164,
+            queue=call.queue,
+            started_at=call.started_at,
+            ended_at=now,
+            answered_at=call.answered_at,
+            wait_s=wait or 0.0,
+            talk_s=call.talk_s,
+            hold_s=call.hold_s,
+            outcome=outcome,
+            agents=call.agents,
+            transfers=call.transfers,
+        )
+        payload = contract.call_record_payload(record, ts=now)
+        out.append(EmitCall(record, (Publish(contract.CRM_CALLS_TOPIC, payload, qos=1),)))
+
+    def _call_outcome(self, call: Call) -> str:
+        if call.answered_at is not None:
+            return "answered"
+        if call.direction == "outbound":
+            return _DIAL_FAILURES.get(call.dial_status, "failed")
+        if call.abandoned or call.direction == "inbound":
+            return "abandoned"
+        return "missed"
+
+    # ------------------------------------------------------------------ agent state
+
+    def _refresh_agents_of(self, call_id: str, now: float, out: list[Effect]) -> None:
+        for part in self._parts_of_call(call_id):
+            self._refresh_phone(part.agent, now, out)
+
+    def _refresh_phone(self, agent_id: str, now: float, out: list[Effect]) -> None:
+        agent = self.agents[agent_id]
+        phone = self._phone_of(agent_id)
+        if phone != agent.phone:
+            self.agents[agent_id] = replace(agent, phone=phone)
+            for part in self._parts_of_call_for(agent_id):
+                self._call_update(part, phone.value, now, out)
+        self._publish_state(agent_id, now, out)
+
+    def _parts_of_call_for(self, agent_id: str) -> list[Part]:
+        return [p for (_, a), p in self.parts.items() if a == agent_id]
+
+    def _phone_of(self, agent_id: str) -> Phone:
+        states: set[Phone] = set()
+        for part in self._parts_of_call_for(agent_id):
+            for uid in part.channels:
+                chan = self.channels.get(uid)
+                if chan is None:
+                    continue
+                states.add(self._channel_phone(chan, part))
+        for phone in (Phone.TALKING, Phone.HELD, Phone.DIALING, Phone.RINGING):
+            if phone in states:
+                return phone
+        return Phone.IDLE
+
+    def _channel_phone(self, chan: Channel, part: Part) -> Phone:
+        if chan.state == "up":
+            if chan.held or part.hold_since is not None:
+                return Phone.HELD
+            if part.originator and part.answered_at is None:
+                return Phone.DIALING
+            return Phone.TALKING
+        if chan.state in ("ring", "ringing"):
+            return Phone.RINGING
+        return Phone.IDLE
+
+    def _call_update(self, part: Part, state: str, now: float, out: list[Effect]) -> None:
+        call = self.calls.get(part.call_id)
+        if call is None:
+            return
+        payload = contract.envelope(
+            "call",
+            now,
+            agent=part.agent,
+            interaction_id=call.id,
+            media="call",
+            direction=call.direction,
+            state=state,
+            number=self._customer_number(call, part).as_payload(),
+            queue=part.queue or call.queue,
+        )
+        self._agent_publish(part.agent, "call", payload, now, out)
+
+    def _publish_state(
+        self, agent_id: str, now: float, out: list[Effect], *, force: bool = False
+    ) -> None:
+        agent = self.agents[agent_id]
+        pbx = self.link.value
+        key = (
+            agent.presence,
+            agent.reason,
+            agent.phone,
+            len(agent.parts),
+            pbx,
+            tuple(sorted(agent.queues.items())),
+        )
+        if key == agent.published and not force:
+            return
+        self.agents[agent_id] = replace(agent, published=key)
+        payload = contract.envelope(
+            "agent_state",
+            now,
+            agent=agent.id,
+            presence=agent.presence.value,
+            reason=agent.reason,
+            phone=agent.phone.value,
+            interactions=len(agent.parts),
+            limit=agent.limit,
+            pbx=pbx,
+            since=contract.iso(agent.since) if agent.since else None,
+            queues={q: {"paused": p, "reason": r} for q, (p, r) in sorted(agent.queues.items())},
+        )
+        self._agent_publish(agent_id, "state", payload, now, out, retain=True, qos=1)
+
+    def _publish_snapshot(self, agent_id: str, now: float, out: list[Effect]) -> None:
+        pops = [
+            dict(p.last_pop) for p in self._parts_of_call_for(agent_id) if p.last_pop is not None
+        ]
+        payload = contract.envelope("snapshot", now, agent=agent_id, interactions=pops)
+        self._agent_publish(agent_id, "snapshot", payload, now, out, retain=True, qos=1)
+
+    def _next_seq(self, agent_id: str) -> int:
+        agent = self.agents[agent_id]
+        self.agents[agent_id] = replace(agent, seq=agent.seq + 1)
+        return agent.seq + 1
+
+    def _agent_publish(
+        self,
+        agent_id: str,
+        leaf: str,
+        payload: dict[str, Any],
+        now: float,
+        out: list[Effect],
+        *,
+        retain: bool = False,
+        qos: int = 1,
+    ) -> None:
+        payload["seq"] = self._next_seq(agent_id)
+        out.append(Publish(contract.agent_topic(agent_id, leaf), payload, retain=retain, qos=qos))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def device_of(channel: str) -> str:
+    """The device (queue member interface) of a channel name.
+
+    ``PJSIP/1001-0000001a`` → ``PJSIP/1001``; ``IAX2/1001-12345`` → ``IAX2/1001``;
+    ``Local/1002@internal-00000001;1`` → ``Local/1002@internal``. An interface
+    such as ``PJSIP/1001`` is returned unchanged.
+    """
+    name = channel.split(";", 1)[0]
+    tech, sep, rest = name.partition("/")
+    if not sep:
+        return name
+    head, dash, tail = rest.rpartition("-")
+    if dash and tail and all(c in "0123456789abcdefABCDEF" for c in tail):
+        return f"{tech}/{head}"
+    return name
+
+
+def presence_of(queues: Mapping[str, tuple[bool, str]]) -> tuple[Presence, str]:
+    """An agent's presence from its queue memberships.
+
+    No membership: logged out. Paused in any queue: not ready, with that pause's
+    reason (the captures' truth counts a pause in one queue as a pause; the
+    per-queue detail is published beside it). A pause with reason ``wrap-up``
+    is the wrap-up ctid itself started.
+    """
+    if not queues:
+        return Presence.LOGGED_OUT, ""
+    paused = [reason for paused, reason in queues.values() if paused]
+    if paused:
+        reason = paused[-1]
+        if reason.lower() in ("wrap-up", "wrapup"):
+            return Presence.WRAP_UP, reason
+        return Presence.NOT_READY, reason
+    return Presence.READY, ""
+
+
+def _state_of(msg: AmiMessage) -> str:
+    desc = msg.get("ChannelStateDesc").lower()
+    return desc or _STATE_NAMES.get(msg.get("ChannelState"), "down")
+
+
+def _clean(value: str) -> str:
+    """AMI's ``<unknown>`` placeholder means "no value"."""
+    return "" if value == "<unknown>" else value
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
+def specs_from(agents: Iterable[Any], limit: int) -> tuple[AgentSpec, ...]:
+    """AgentSpecs from config agents (anything with ``id`` and ``devices``)."""
+    return tuple(AgentSpec(id=a.id, devices=tuple(a.devices), limit=limit) for a in agents)
