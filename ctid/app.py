@@ -1,0 +1,321 @@
+"""The composition root: builds every part from the config and runs them.
+
+One ``asyncio.TaskGroup`` holds the long-lived tasks, each named
+(``ctid.ami.link``, ``ctid.ami.reader``, …). The model is touched by one task
+only (``ctid.ami.reader``), so it needs no locks. SIGTERM drains what must not
+be lost (activities, statistics) into SQLite and closes cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from ctid import __version__
+from ctid.adapters.ami import ActionSender, AmiClient
+from ctid.adapters.bus import Bus
+from ctid.adapters.store import OutboxMessage, Store
+from ctid.config import Config
+from ctid.core import contract
+from ctid.core.ami import AmiMessage
+from ctid.core.effects import (
+    Effect,
+    EmitActivity,
+    EmitCall,
+    Publish,
+    RecordInterval,
+    SavePresence,
+    SendAction,
+)
+from ctid.core.model import Link, Model, ModelSettings, specs_from
+from ctid.core.numbers import NumberNormalizer
+from ctid.errors import AmiError, BusError, StoreError
+from ctid.systemd import notify, watchdog_interval_s
+
+log = structlog.get_logger("ctid.app")
+
+
+def build_model(config: Config) -> Model:
+    """The pure model as the config describes it (shared by the daemon and ``replay``)."""
+    settings = ModelSettings(
+        agents=specs_from(config.agents, config.calls.interaction_limit),
+        attached_prefix=config.calls.attached_prefix,
+        pop_on=config.calls.pop_on,
+        interaction_limit=config.calls.interaction_limit,
+    )
+    numbers = NumberNormalizer(
+        default_region=config.numbers.default_region,
+        max_extension_length=config.numbers.max_extension_length,
+        cache_size=config.numbers.cache_size,
+    )
+    return Model(settings, numbers)
+
+
+def messages_of(effect: Effect) -> tuple[Publish, ...]:
+    """The MQTT messages an effect ends in (directly, or after it is stored)."""
+    if isinstance(effect, Publish):
+        return (effect,)
+    if isinstance(effect, EmitActivity | EmitCall):
+        return effect.messages
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueResync:
+    """The answer of a ``QueueStatus`` sent on (re)connect, for the model's task."""
+
+    items: tuple[AmiMessage, ...]
+
+
+class Daemon:
+    """ctid itself: AMI in, model, MQTT and SQLite out."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.model = build_model(config)
+        self.ami = AmiClient(config.ami, on_connected=self._resync)
+        self.bus = Bus(
+            config.mqtt,
+            password=config.mqtt.password,
+            will_payload=contract.status_payload(
+                ts=time.time(), pbx="down", broker="down", version=__version__, daemon="offline"
+            ),
+            on_connected=self._on_bus_connected,
+        )
+        self._publishes: asyncio.Queue[Publish | EmitActivity | EmitCall] = asyncio.Queue()
+        self._durable: asyncio.Queue[Effect] = asyncio.Queue()
+        self._outbox_kick = asyncio.Event()
+        self._outbox_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._store: Store | None = None
+        self.events_applied = 0
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT or ``stop()``."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        async with Store.open(self.config.store) as store:
+            self._store = store
+            self._emit(self.model.initial_states(time.time()))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [
+                        tg.create_task(self.ami.run(), name="ctid.ami.link"),
+                        tg.create_task(self.bus.run(), name="ctid.bus"),
+                        tg.create_task(self._read_ami(), name="ctid.ami.reader"),
+                        tg.create_task(self._publisher(), name="ctid.publisher"),
+                        tg.create_task(self._durable_writer(), name="ctid.store.writer"),
+                        tg.create_task(self._outbox_drainer(), name="ctid.outbox"),
+                        tg.create_task(self._ticker(), name="ctid.ticker"),
+                    ]
+                    notify("READY=1")
+                    log.info("ctid.started", version=__version__, agents=len(self.config.agents))
+                    await self._stop.wait()
+                    notify("STOPPING=1")
+                    await self._shutdown(tasks)
+            finally:
+                self._store = None
+        log.info("ctid.stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        self.ami.close()
+        # Let the reader apply what was already received, and the writer store it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.ami.events.join()
+                await self._durable.join()
+        if self.bus.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._publishes.join()
+        await self.bus.close(self._status("down", daemon="stopped"))
+        for task in tasks:
+            if task.get_name() != "ctid.bus":
+                task.cancel()
+
+    # ---------------------------------------------------------------- AMI side
+
+    async def _resync(self, send: ActionSender) -> None:
+        """Before the link counts as up: learn the agents' queue memberships."""
+        items = await send("QueueStatus")
+        self.ami.events.put_nowait((QueueResync(tuple(items)), time.time()))  # type: ignore[arg-type]
+
+    async def _read_ami(self) -> None:
+        while True:
+            item, arrived = await self.ami.events.get()
+            try:
+                if isinstance(item, AmiMessage):
+                    now = item.timestamp or arrived
+                    effects = self.model.apply(item, now)
+                    self.events_applied += 1
+                elif isinstance(item, Link):
+                    effects = self.model.set_link(item, arrived)
+                    self._publish_status()
+                else:
+                    resync: Any = item
+                    effects = self.model.resync_queue_members(resync.items, arrived)
+            except Exception:
+                # A model bug must not take the daemon down with it: log the
+                # event that triggered it, keep going (Asterisk stays the truth).
+                log.exception("model.apply_failed", ami_event=getattr(item, "event", str(item)))
+                effects = []
+            finally:
+                self.ami.events.task_done()
+            self._emit(effects)
+
+    def _emit(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Publish | EmitActivity | EmitCall):
+                self._publishes.put_nowait(effect)
+            elif isinstance(effect, SendAction):
+                asyncio.get_running_loop().create_task(self._send_action(effect))
+            else:
+                self._durable.put_nowait(effect)
+
+    async def _send_action(self, effect: SendAction) -> None:
+        try:
+            await self.ami.send(effect.action, effect.fields)
+        except AmiError as exc:
+            log.warning("ami.action_failed", action=effect.action, error=str(exc))
+
+    # ---------------------------------------------------------------- MQTT and SQLite side
+
+    def _status(self, pbx: str, *, daemon: str = "running") -> dict[str, Any]:
+        broker = "up" if self.bus.connected.is_set() else "down"
+        return contract.status_payload(
+            ts=time.time(), pbx=pbx, broker=broker, version=__version__, daemon=daemon
+        )
+
+    def _publish_status(self) -> None:
+        self._publishes.put_nowait(
+            Publish(contract.STATUS_TOPIC, self._status(self.ami.link.value), retain=True, qos=1)
+        )
+
+    async def _on_bus_connected(self) -> None:
+        self._publish_status()
+        self._outbox_kick.set()
+
+    async def _publisher(self) -> None:
+        """Publish effects in the order the model produced them.
+
+        Per-agent messages carry a growing ``seq``; publishing them in one
+        ordered stream is what lets a front end treat a gap as a real loss.
+        Activities and call rows are stored first (with their messages in the
+        outbox) and published from the outbox, so a crash or a broker outage
+        delays them but never loses them.
+        """
+        while True:
+            effect = await self._publishes.get()
+            try:
+                if isinstance(effect, Publish):
+                    await self.bus.publish(
+                        effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
+                    )
+                else:
+                    await self._store_durable(effect)
+                    await self._drain_outbox()
+            except BusError as exc:
+                # Pops and call updates are live signals: a broker outage loses
+                # them, and the retained state/snapshot heal the page after it.
+                log.debug("bus.publish_dropped", error=str(exc))
+            finally:
+                self._publishes.task_done()
+
+    async def _store_durable(self, effect: EmitActivity | EmitCall) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            if isinstance(effect, EmitActivity):
+                await store.save_activity(effect.record, outbox=_outbox(effect.messages))
+            else:
+                await store.save_call(effect.record, outbox=_outbox(effect.messages))
+        except StoreError:
+            # Nothing to publish then: a message must not go out for a row that is not stored.
+            log.exception("store.write_failed", effect=type(effect).__name__)
+
+    async def _durable_writer(self) -> None:
+        while True:
+            effect = await self._durable.get()
+            store = self._store
+            if store is None:
+                return
+            try:
+                if isinstance(effect, RecordInterval):
+                    await store.save_state_interval(effect.interval)
+                elif isinstance(effect, SavePresence):
+                    await store.save_presence(
+                        effect.agent, effect.presence, effect.reason, effect.since
+                    )
+            except StoreError:
+                log.exception("store.write_failed", effect=type(effect).__name__)
+            finally:
+                self._durable.task_done()
+
+    async def _drain_outbox(self) -> None:
+        """Publish every stored, undelivered message in order; mark each after its PUBACK.
+
+        Raises ``BusError`` when the broker is gone; what was not delivered stays
+        in the outbox for the next drain (after the reconnect).
+        """
+        store = self._store
+        if store is None:
+            return
+        async with self._outbox_lock:
+            while True:
+                pending = await store.outbox_pending()
+                if not pending:
+                    return
+                delivered: list[int] = []
+                try:
+                    for msg in pending:
+                        await self.bus.publish(
+                            msg.topic, msg.payload, qos=msg.qos, retain=msg.retain
+                        )
+                        delivered.append(msg.id)
+                finally:
+                    if delivered:
+                        await store.outbox_mark_delivered(delivered)
+
+    async def _outbox_drainer(self) -> None:
+        """Drain the outbox at start (what a crash left behind) and after each reconnect."""
+        while True:
+            await self._outbox_kick.wait()
+            self._outbox_kick.clear()
+            await self.bus.connected.wait()
+            try:
+                await self._drain_outbox()
+            except BusError as exc:
+                log.info("outbox.waiting_for_broker", error=str(exc))
+            except StoreError:
+                log.exception("outbox.store_failed")
+                await asyncio.sleep(1)
+                self._outbox_kick.set()
+
+    async def _ticker(self) -> None:
+        interval = watchdog_interval_s() or 5.0
+        self._outbox_kick.set()
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(min(interval, 5.0))
+
+
+def _outbox(messages: tuple[Publish, ...]) -> list[OutboxMessage]:
+    return [
+        OutboxMessage(topic=m.topic, payload=orjson.dumps(m.payload), qos=m.qos, retain=m.retain)
+        for m in messages
+    ]
