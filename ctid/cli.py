@@ -111,12 +111,16 @@ def _replay(config_path: Path, capture: Path) -> int:
 
 
 def _broker_config(config_path: Path, outdir: Path, reuse: Path | None) -> int:
-    from ctid.broker_config import write_broker_config
+    from ctid.broker_config import mosquitto_cannot_reach, write_broker_config
     from ctid.config import load_config
 
     config = load_config(config_path)
-    files = write_broker_config(config, outdir, reuse=reuse)
+    # Re-running keeps existing passwords, so agents' browsers keep working.
+    files = write_broker_config(config, outdir, reuse=reuse or outdir / "credentials.json")
     print(f"wrote broker configuration to {outdir} ({len(files.credentials)} users)")
+    blocked = mosquitto_cannot_reach(files.passwd)
+    if blocked is not None:
+        print(f"warning: the mosquitto user cannot enter {blocked}", file=sys.stderr)
     return 0
 
 

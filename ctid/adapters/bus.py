@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,9 @@ class Bus:
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
+        # Mosquitto 2.0 cannot bind a client id to a user: anyone who knows our
+        # id could connect with it and kick ctid off. A random suffix prevents that.
+        self._identifier = f"{config.client_id}-{secrets.token_hex(6)}"
         self._client: aiomqtt.Client | None = None
         self._retained: dict[str, bytes] = {}
         self._closing = asyncio.Event()
@@ -75,7 +79,7 @@ class Bus:
                     self.config.port,
                     username=self.config.username or None,
                     password=self._password or None,
-                    identifier=self.config.client_id,
+                    identifier=self._identifier,
                     keepalive=self.config.keepalive_s,
                     will=aiomqtt.Will(
                         self.topic("v1/status"), dumps(self._will), qos=1, retain=True
