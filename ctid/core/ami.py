@@ -160,7 +160,8 @@ class AmiParser:
 
 
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
-_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
 class UnsafeActionError(ValueError):
@@ -174,7 +175,7 @@ def format_action(action: str, fields: Sequence[tuple[str, str]] | Mapping[str, 
     allow-lists first; this guarantees no header or action can be injected.
     """
     pairs = list(fields.items()) if isinstance(fields, Mapping) else list(fields)
-    check_field("Action", action)
+    check_action_name(action)
     lines = [f"Action: {action}"]
     for key, value in pairs:
         check_field(key, value)
@@ -182,9 +183,15 @@ def format_action(action: str, fields: Sequence[tuple[str, str]] | Mapping[str, 
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def check_action_name(action: str) -> None:
+    """Raise ``UnsafeActionError`` unless ``action`` looks like an AMI action name."""
+    if not _KEY.fullmatch(action):
+        raise UnsafeActionError(f"invalid AMI action name {action!r}")
+
+
 def check_field(key: str, value: str) -> None:
     """Raise ``UnsafeActionError`` unless ``key: value`` is one safe AMI header line."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise UnsafeActionError(f"invalid AMI header name {key!r}")
     if not isinstance(value, str):
         raise UnsafeActionError(f"{key}: value must be a string")

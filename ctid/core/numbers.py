@@ -36,7 +36,7 @@ NO_ANI_WORDS = frozenset(
     }
 )
 _SEPARATORS = re.compile(r"[\s\-().\[\]/]")
-_DIALLABLE = re.compile(r"^\+?[0-9]+$")
+_DIALLABLE = re.compile(r"\+?[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class NumberNormalizer:
         if text.lower() in NO_ANI_WORDS or text[:1].isalpha():
             return Number(raw, "", "no_ani")
         compact = _SEPARATORS.sub("", text)
-        if not _DIALLABLE.match(compact):
+        if not _DIALLABLE.fullmatch(compact):
             return Number(raw, "", "no_ani")
         if not compact.startswith("+") and len(compact) <= self.max_extension_length:
             return Number(raw, compact, "extension")
