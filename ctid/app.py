@@ -133,14 +133,18 @@ class Daemon:
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         self.ami.close()
-        # Let the reader apply what was already received, and the writer store it.
+        ami_task = next(t for t in tasks if t.get_name() == "ctid.ami.link")
+        # Order matters: the AMI link's last "down" must be applied and every
+        # stored message and state published before the final "stopped" status,
+        # or a late retained "running" status would overwrite it.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
+                await asyncio.wait({ami_task})
                 await self.ami.events.join()
                 await self._durable.join()
         if self.bus.connected.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(5):
                     await self._publishes.join()
         await self.bus.close(self._status("down", daemon="stopped"))
         for task in tasks:

@@ -43,7 +43,13 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from ctid.config import AmiConfig
-from ctid.core.ami import AmiMessage, AmiParser, UnsafeActionError, check_field
+from ctid.core.ami import (
+    AmiMessage,
+    AmiParser,
+    UnsafeActionError,
+    check_action_name,
+    check_field,
+)
 from ctid.core.model import Link
 from ctid.errors import (
     AmiActionFailedError,
@@ -312,7 +318,7 @@ class AmiClient:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             raise AmiNotConnectedError(f"{action}: PBX link down")
-        check_field("Action", action)
+        check_action_name(action)
         grouped: dict[str, str | list[str]] = {"Action": action}
         for key, value in fields:
             check_field(key, value)
