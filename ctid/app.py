@@ -68,6 +68,11 @@ def messages_of(effect: Effect) -> tuple[Publish, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes for the model (parts settle, wrap-ups end, stale calls expire)."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueueResync:
     """The answer of a ``QueueStatus`` sent on (re)connect, for the model's task."""
 
@@ -96,6 +101,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._store: Store | None = None
         self.events_applied = 0
+        # The model's clock is the events' Timestamp; between events it runs on
+        # with the wall clock from the last event's offset, so a tick and an
+        # event never disagree about what time it is (replays included).
+        self._clock_offset = 0.0
 
     # ---------------------------------------------------------------- running
 
@@ -156,22 +165,27 @@ class Daemon:
     async def _resync(self, send: ActionSender) -> None:
         """Before the link counts as up: learn the agents' queue memberships."""
         items = await send("QueueStatus")
-        self.ami.events.put_nowait((QueueResync(tuple(items)), time.time()))  # type: ignore[arg-type]
+        self.ami.events.put_nowait((QueueResync(tuple(items)), time.time()))
 
     async def _read_ami(self) -> None:
         while True:
             item, arrived = await self.ami.events.get()
             try:
                 if isinstance(item, AmiMessage):
-                    now = item.timestamp or arrived
-                    effects = self.model.apply(item, now)
+                    stamp = item.timestamp
+                    if stamp is not None:
+                        self._clock_offset = stamp - arrived
+                    effects = self.model.apply(item, stamp if stamp is not None else arrived)
                     self.events_applied += 1
+                elif isinstance(item, Tick):
+                    effects = self.model.tick(arrived + self._clock_offset)
                 elif isinstance(item, Link):
                     effects = self.model.set_link(item, arrived)
                     self._publish_status()
+                elif isinstance(item, QueueResync):
+                    effects = self.model.resync_queue_members(item.items, arrived)
                 else:
-                    resync: Any = item
-                    effects = self.model.resync_queue_members(resync.items, arrived)
+                    effects = []
             except Exception:
                 # A model bug must not take the daemon down with it: log the
                 # event that triggered it, keep going (Asterisk stays the truth).
@@ -311,11 +325,17 @@ class Daemon:
                 self._outbox_kick.set()
 
     async def _ticker(self) -> None:
-        interval = watchdog_interval_s() or 5.0
+        watchdog = watchdog_interval_s() or 5.0
         self._outbox_kick.set()
+        last_watchdog = 0.0
         while True:
-            notify("WATCHDOG=1")
-            await asyncio.sleep(min(interval, 5.0))
+            now = time.monotonic()
+            if now - last_watchdog >= min(watchdog, 5.0):
+                notify("WATCHDOG=1")
+                last_watchdog = now
+            # Through the event queue, so the model stays owned by one task.
+            self.ami.events.put_nowait((Tick(), time.time()))
+            await asyncio.sleep(0.5)
 
 
 def _outbox(messages: tuple[Publish, ...]) -> list[OutboxMessage]:

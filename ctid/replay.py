@@ -47,7 +47,9 @@ def replay(config: Config, capture: Path) -> Iterator[dict[str, Any]]:
         last = now
         if not started:
             continue
-        for effect in model.apply(msg, now):
+        # Time passes between events too (parts settle): the model's clock is the
+        # events' own Timestamp.
+        for effect in [*model.tick(now), *model.apply(msg, now)]:
             for pub in messages_of(effect):
                 yield _line(prefix, pub.topic, pub.payload, retain=pub.retain, qos=pub.qos)
 

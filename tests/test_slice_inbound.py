@@ -102,13 +102,18 @@ async def collect(
 
 
 def call_over() -> Any:
-    """A ``collect`` predicate: true once the activity and then an idle state arrived."""
+    """A ``collect`` predicate: true once the activity and the agent's idle state (after
+    talking) have both arrived, in whichever order."""
     seen: set[str] = set()
 
     def until(m: dict[str, Any]) -> bool:
         if m["type"] == "activity":
             seen.add("activity")
-        return "activity" in seen and m["type"] == "agent_state" and m["phone"] == "idle"
+        elif m["type"] == "agent_state" and m["phone"] == "talking":
+            seen.add("talking")
+        elif m["type"] == "agent_state" and m["phone"] == "idle" and "talking" in seen:
+            seen.add("idle again")
+        return {"activity", "idle again"} <= seen
 
     return until
 

@@ -78,8 +78,6 @@ LIST_ACTIONS = frozenset(
     }
 )
 
-LinkItem = AmiMessage | Link
-
 
 class ActionSender(Protocol):
     """How the ``on_connected`` hook sends actions before the link counts as up."""
@@ -166,7 +164,9 @@ class AmiClient:
     ) -> None:
         self.config = config
         self._on_connected = on_connected
-        self.events: asyncio.Queue[tuple[LinkItem, float]] = asyncio.Queue()
+        # The consumer may put its own items here too (ticks, resync answers) to
+        # keep them in order with the events; it dispatches on their type.
+        self.events: asyncio.Queue[tuple[object, float]] = asyncio.Queue()
         self.link = Link.DOWN
         self.ready = asyncio.Event()
         self.logins = 0

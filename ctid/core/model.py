@@ -92,6 +92,7 @@ class AgentSpec:
     id: str
     devices: tuple[str, ...]
     limit: int = 6
+    extension: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,10 @@ class ModelSettings:
     attached_prefix: str = "CTI_"
     pop_on: str = "alerting"
     interaction_limit: int = 6
+    # How long an agent's finished part waits for the customer's next step before
+    # it is closed as "answered" (a Redirect-style transfer shows only as the
+    # customer dialling the next agent after the first one hung up: README 12).
+    settle_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +137,16 @@ class Part:
     channels: frozenset[str] = frozenset()
     queue: str = ""
     alerting_at: float | None = None
-    answered_at: float | None = None
+    answered_at: float | None = None  # when the agent began talking to the customer
+    first_answered_at: float | None = None  # when the agent picked up (ends the ringing)
     hold_since: float | None = None
     hold_s: float = 0.0
     hold_source: str = ""  # "hold" (Hold/Unhold events) or "moh" (IAX2: MusicOnHold only)
     originator: bool = False
     transferred_to: str = ""
-    consulted: bool = False
+    consult_s: float = 0.0  # time spent in consultation before taking the customer over
+    conference: bool = False
+    left_at: float | None = None  # the agent's last channel hung up (the part may still settle)
     last_pop: Mapping[str, Any] | None = None
 
 
@@ -191,11 +199,15 @@ class Model:
         self.channels: dict[str, Channel] = {}
         self.calls: dict[str, Call] = {}
         self.parts: dict[tuple[str, str], Part] = {}
+        # Parts whose agent left while the customer stayed: closed when the customer's
+        # next step shows whether it was a transfer (see ModelSettings.settle_s).
+        self.settling: dict[tuple[str, str], Part] = {}
         self.agents: dict[str, Agent] = {
             spec.id: Agent(id=spec.id, devices=spec.devices, limit=spec.limit)
             for spec in settings.agents
         }
         self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
+        self._extensions = {spec.id: spec.extension for spec in settings.agents}
         self._part_counter: dict[tuple[str, str], int] = {}
         self._handlers = {
             "Newchannel": self._on_newchannel,
@@ -339,6 +351,11 @@ class Model:
         originator: bool,
     ) -> None:
         key = (call.id, agent)
+        if any(k[0] == call.id for k in self.settling):
+            # An agent left while the customer stayed, and now the customer reaches
+            # another agent: a transfer, even without a transfer event (Redirect).
+            self._settle_all(call.id, now, out, transfer_to=self._extension(agent))
+            call = self.calls[call.id]
         part = self.parts.get(key)
         if part is None:
             counter = self._part_counter.get(key, 0) + 1
@@ -493,8 +510,11 @@ class Model:
                 part = replace(part, channels=part.channels - {uid})
                 self.parts[(call.id, chan.agent)] = part
                 if not part.channels:
-                    self._end_part(part, now, out)
+                    self._agent_left(part, now, out)
             self._refresh_phone(chan.agent, now, out)
+        elif uid == call.customer_uid:
+            # The customer is gone: whoever left before it was not transferred.
+            self._settle_all(call.id, now, out, transfer_to="")
         if not call.channels:
             self._end_call(call, now, out)
 
@@ -572,6 +592,10 @@ class Model:
         call = self.calls.get(msg.get("Linkedid"))
         if call is None:
             return
+        if any(k[0] == call.id for k in self.settling):
+            # The agent left and the customer went (back) into a queue: a transfer to it.
+            self._settle_all(call.id, now, out, transfer_to=msg.get("Queue"))
+            call = self.calls[call.id]
         if not call.queue:
             call = replace(call, queue=msg.get("Queue"), queued_at=now)
         elif call.transfers:
@@ -624,29 +648,60 @@ class Model:
             part = self.parts.get(key)
             if part is not None:
                 self.parts[key] = replace(part, transferred_to=msg.get("Extension"))
+            elif key in self.settling:
+                self.settling[key] = replace(
+                    self.settling[key], transferred_to=msg.get("Extension")
+                )
+                self._settle_key(key, now, out)
 
     def _on_attended_transfer(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        # AMI Atxfer has no event of its own: the consultation shows as a Hold on
+        # the transferer, Local channels and a new agent leg; only its completion
+        # is an AttendedTransfer (README points 10, 11).
         if msg.get("Result") != "Success":
             return
         transferer = self.channels.get(msg.get("OrigTransfererUniqueid"))
-        if transferer is None:
-            return
-        call = self.calls.get(transferer.linkedid)
+        linkedid = transferer.linkedid if transferer else msg.get("OrigTransfererLinkedid")
+        call = self.calls.get(linkedid)
         if call is None:
             return
-        if msg.get("DestType") == "Threeway":
+        threeway = msg.get("DestType") == "Threeway"
+        consults = [p for p in self._parts_of_call(call.id) if p.why == "consult"]
+        for consult in consults:
+            if consult.answered_at is None:
+                continue
+            # The consulted agent now has the customer: its talk with the customer
+            # starts here; the consultation before it is kept apart (consult_s).
+            part = replace(
+                consult,
+                consult_s=max(0.0, now - consult.answered_at - consult.hold_s),
+                answered_at=now,
+                hold_s=0.0,
+                why="consult" if threeway else "transfer",
+                conference=threeway,
+            )
+            self.parts[(call.id, part.agent)] = part
+            self._pop(part, "accepted", now, out)
+        if threeway:
             # A three-way conference: the transferer stays in the call (README point 23).
             return
         self.calls[call.id] = replace(call, transfers=call.transfers + 1)
-        target = self.channels.get(msg.get("TransferTargetUniqueid"))
-        to = ""
-        if target is not None:
-            to = target.name.split("/", 1)[-1].split("@", 1)[0] if target.local else target.device
-        if transferer.agent is not None:
-            key = (call.id, transferer.agent)
-            part = self.parts.get(key)
-            if part is not None:
-                self.parts[key] = replace(part, transferred_to=to or "transfer")
+        target = next((p.agent for p in consults if p.answered_at is not None), "")
+        to = self._extension(target) if target else _local_exten(msg.get("TransferTargetChannel"))
+        agent_id = (
+            transferer.agent
+            if transferer
+            else self.agent_of_device(msg.get("OrigTransfererChannel"))
+        )
+        if agent_id is None:
+            return
+        key = (call.id, agent_id)
+        if key in self.parts:
+            self.parts[key] = replace(self.parts[key], transferred_to=to or "transfer")
+        elif key in self.settling:
+            # The transferer's hangup came first; it was waiting for this.
+            self.settling[key] = replace(self.settling[key], transferred_to=to or "transfer")
+            self._settle_key(key, now, out)
 
     # ------------------------------------------------------------------ attached data
 
@@ -717,7 +772,7 @@ class Model:
             self._pop(part, "alerting", now, out)
 
     def _answered(self, part: Part, now: float, out: list[Effect]) -> None:
-        part = replace(part, answered_at=now)
+        part = replace(part, answered_at=now, first_answered_at=now)
         self.parts[(part.call_id, part.agent)] = part
         call = self.calls[part.call_id]
         if call.answered_at is None:
@@ -767,19 +822,68 @@ class Model:
         first = self.channels.get(call.id)
         return first.caller_num if first is not None else ""
 
-    def _end_part(self, part: Part, now: float, out: list[Effect]) -> None:
+    def _agent_left(self, part: Part, now: float, out: list[Effect]) -> None:
+        """The agent's last channel in the call hung up: close its part, or let it settle.
+
+        An answered part whose customer is still there may turn out to have been
+        a transfer without any transfer event (a Redirect, README point 12): it
+        waits in ``settling`` for the customer's next step.
+        """
         key = (part.call_id, part.agent)
         self.parts.pop(key, None)
-        call = self.calls[part.call_id]
         if part.hold_since is not None:
             part = replace(
                 part, hold_s=part.hold_s + max(0.0, now - part.hold_since), hold_since=None
             )
+        part = replace(part, left_at=now)
+        agent = self.agents[part.agent]
+        self.agents[part.agent] = replace(agent, parts=agent.parts - {part.call_id})
+        call = self.calls[part.call_id]
+        self._call_update(part, "ended", now, out)
+        if (
+            part.answered_at is not None
+            and not part.transferred_to
+            and part.why != "consult"
+            and call.customer_uid in self.channels
+        ):
+            self.settling[key] = part
+            self._publish_snapshot(part.agent, now, out)
+            return
+        self._close_part(part, now, out)
+
+    def _settle_all(self, call_id: str, now: float, out: list[Effect], *, transfer_to: str) -> None:
+        """Close the settling parts of a call: as transferred (to ``transfer_to``) or not."""
+        for key in [k for k in self.settling if k[0] == call_id]:
+            part = self.settling.pop(key)
+            if transfer_to:
+                part = replace(part, transferred_to=transfer_to)
+                call = self.calls.get(call_id)
+                if call is not None:
+                    self.calls[call_id] = replace(call, transfers=call.transfers + 1)
+            self._close_part(part, now, out)
+
+    def _settle_key(self, key: tuple[str, str], now: float, out: list[Effect]) -> None:
+        part = self.settling.pop(key, None)
+        if part is not None:
+            self._close_part(part, now, out)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Time passes: close parts that have settled long enough."""
+        out: list[Effect] = []
+        for key, part in list(self.settling.items()):
+            if part.left_at is not None and now - part.left_at >= self.settings.settle_s:
+                self._settle_key(key, now, out)
+        return out
+
+    def _close_part(self, part: Part, now: float, out: list[Effect]) -> None:
+        """Emit the activity of a finished part (ended when its agent left)."""
+        call = self.calls[part.call_id]
+        ended = part.left_at if part.left_at is not None else now
         answered = part.answered_at
         if part.transferred_to:
             outcome = "transferred"
         elif answered is not None:
-            outcome = "answered"
+            outcome = "consulted" if part.why == "consult" and not part.conference else "answered"
         elif part.originator:
             # The agent's own handset may have answered; the customer's fate is in
             # DialEnd's DialStatus (README point 14).
@@ -787,9 +891,15 @@ class Model:
         else:
             outcome = "missed"
         ring_from = part.alerting_at or part.offered_at
-        ring_s = max(0.0, (answered if answered is not None else now) - ring_from)
-        talk_s = max(0.0, now - answered - part.hold_s) if answered is not None else 0.0
+        picked_up = part.first_answered_at or answered
+        ring_s = max(0.0, (picked_up if picked_up is not None else ended) - ring_from)
+        talk_s = max(0.0, ended - answered - part.hold_s) if answered is not None else 0.0
         number = self._customer_number(call, part)
+        extra: dict[str, Any] = {"why": part.why}
+        if part.consult_s:
+            extra["consult_s"] = round(part.consult_s, 3)
+        if part.conference:
+            extra["conference"] = True
         record = ActivityRecord(
             id=f"{call.id}/{part.agent}/{part.n}",
             agent=part.agent,
@@ -801,18 +911,17 @@ class Model:
             queue=part.queue or call.queue,
             offered_at=part.offered_at,
             answered_at=answered,
-            ended_at=now,
+            ended_at=ended,
             ring_s=ring_s,
             talk_s=talk_s,
             hold_s=part.hold_s,
             outcome=outcome,
             transfer_to=part.transferred_to,
+            extra=extra,
         )
         self.calls[call.id] = replace(
             call, talk_s=call.talk_s + talk_s, hold_s=call.hold_s + part.hold_s
         )
-        agent = self.agents[part.agent]
-        self.agents[part.agent] = replace(agent, parts=agent.parts - {call.id})
         if answered is None and part.last_pop is not None:
             # The agent was offered the call but did not take it (another agent
             # answered, ring-no-answer, the caller gave up): withdraw the pop.
@@ -833,12 +942,15 @@ class Model:
             Publish(contract.CRM_ACTIVITY_TOPIC, payload, qos=1),
         )
         out.append(EmitActivity(record, messages))
-        self._call_update(part, "ended", now, out)
         self._publish_snapshot(part.agent, now, out)
+
+    def _extension(self, agent_id: str) -> str:
+        return self._extensions.get(agent_id) or agent_id
 
     def _end_call(self, call: Call, now: float, out: list[Effect]) -> None:
         for key in [k for k in self.parts if k[0] == call.id]:
-            self._end_part(self.parts[key], now, out)
+            self._agent_left(self.parts[key], now, out)
+        self._settle_all(call.id, now, out, transfer_to="")
         call = self.calls.pop(call.id, call)
         if call.direction == "internal" and not call.agents:
             return
@@ -1032,6 +1144,13 @@ def presence_of(queues: Mapping[str, tuple[bool, str]]) -> tuple[Presence, str]:
     return Presence.READY, ""
 
 
+def _local_exten(channel: str) -> str:
+    """``Local/1002@internal-00000000;1`` → ``1002``; anything else → its device."""
+    if channel.startswith("Local/"):
+        return channel[len("Local/") :].split("@", 1)[0]
+    return device_of(channel) if channel else ""
+
+
 def _state_of(msg: AmiMessage) -> str:
     desc = msg.get("ChannelStateDesc").lower()
     return desc or _STATE_NAMES.get(msg.get("ChannelState"), "down")
@@ -1051,4 +1170,7 @@ def _float(value: str) -> float:
 
 def specs_from(agents: Iterable[Any], limit: int) -> tuple[AgentSpec, ...]:
     """AgentSpecs from config agents (anything with ``id`` and ``devices``)."""
-    return tuple(AgentSpec(id=a.id, devices=tuple(a.devices), limit=limit) for a in agents)
+    return tuple(
+        AgentSpec(id=a.id, devices=tuple(a.devices), limit=limit, extension=a.extension)
+        for a in agents
+    )
