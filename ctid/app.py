@@ -29,6 +29,7 @@ from ctid.core.effects import (
     Effect,
     EmitActivity,
     EmitCall,
+    EmitCallback,
     Publish,
     RecordInterval,
     SavePresence,
@@ -73,10 +74,15 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueResync:
-    """The answer of a ``QueueStatus`` sent on (re)connect, for the model's task."""
+class Resync:
+    """The answers to the resync actions sent on (re)connect, for the model's task."""
 
     items: tuple[AmiMessage, ...]
+
+
+# In this order (DESIGN.md): channels first, so calls that ended during the
+# outage are closed before queue memberships and presences are rebuilt.
+RESYNC_ACTIONS = ("CoreShowChannels", "BridgeList", "QueueStatus", "Status")
 
 
 class Daemon:
@@ -94,7 +100,9 @@ class Daemon:
             ),
             on_connected=self._on_bus_connected,
         )
-        self._publishes: asyncio.Queue[Publish | EmitActivity | EmitCall] = asyncio.Queue()
+        self._publishes: asyncio.Queue[Publish | EmitActivity | EmitCall | EmitCallback] = (
+            asyncio.Queue()
+        )
         self._durable: asyncio.Queue[Effect] = asyncio.Queue()
         self._outbox_kick = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
@@ -116,6 +124,8 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         async with Store.open(self.config.store) as store:
             self._store = store
+            for agent_id, (presence, reason, since) in (await store.load_presences()).items():
+                self.model.restore_presence(agent_id, presence, reason, since)
             self._emit(self.model.initial_states(time.time()))
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -163,9 +173,11 @@ class Daemon:
     # ---------------------------------------------------------------- AMI side
 
     async def _resync(self, send: ActionSender) -> None:
-        """Before the link counts as up: learn the agents' queue memberships."""
-        items = await send("QueueStatus")
-        self.ami.events.put_nowait((QueueResync(tuple(items)), time.time()))
+        """Before the link counts as up: rebuild the model from what Asterisk says now."""
+        items: list[AmiMessage] = []
+        for action in RESYNC_ACTIONS:
+            items += await send(action)
+        self.ami.events.put_nowait((Resync(tuple(items)), time.time()))
 
     async def _read_ami(self) -> None:
         while True:
@@ -182,8 +194,14 @@ class Daemon:
                 elif isinstance(item, Link):
                     effects = self.model.set_link(item, arrived)
                     self._publish_status()
-                elif isinstance(item, QueueResync):
-                    effects = self.model.resync_queue_members(item.items, arrived)
+                elif isinstance(item, Resync):
+                    effects = self.model.resync(item.items, arrived + self._clock_offset)
+                    log.info(
+                        "ami.resynced",
+                        channels=len(self.model.channels),
+                        calls=len(self.model.calls),
+                        closed=sum(isinstance(e, EmitActivity | EmitCall) for e in effects),
+                    )
                 else:
                     effects = []
             except Exception:
@@ -197,7 +215,7 @@ class Daemon:
 
     def _emit(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Publish | EmitActivity | EmitCall):
+            if isinstance(effect, Publish | EmitActivity | EmitCall | EmitCallback):
                 self._publishes.put_nowait(effect)
             elif isinstance(effect, SendAction):
                 asyncio.get_running_loop().create_task(self._send_action(effect))
@@ -226,6 +244,9 @@ class Daemon:
     async def _on_bus_connected(self) -> None:
         self._publish_status()
         self._outbox_kick.set()
+        if self._store is not None:
+            with contextlib.suppress(BusError, StoreError):
+                await self._publish_inbox(self._store, "")
 
     async def _publisher(self) -> None:
         """Publish effects in the order the model produced them.
@@ -243,6 +264,8 @@ class Daemon:
                     await self.bus.publish(
                         effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
                     )
+                elif isinstance(effect, EmitCallback):
+                    await self._store_callback(effect)
                 else:
                     await self._store_durable(effect)
                     await self._drain_outbox()
@@ -265,6 +288,31 @@ class Daemon:
         except StoreError:
             # Nothing to publish then: a message must not go out for a row that is not stored.
             log.exception("store.write_failed", effect=type(effect).__name__)
+
+    async def _store_callback(self, effect: EmitCallback) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            await store.save_callback(effect.record)
+        except StoreError:
+            log.exception("store.write_failed", effect="EmitCallback")
+            return
+        log.info(
+            "callback.requested",
+            callback=effect.record.id,
+            reason=effect.record.reason,
+            queue=effect.record.queue,
+            source=effect.record.source,
+        )
+        await self._publish_inbox(store, effect.record.agent)
+
+    async def _publish_inbox(self, store: Store, agent: str) -> None:
+        """Publish an inbox (retained) as the store holds it: the store is the truth."""
+        items = await store.open_callbacks(agent)
+        topic = contract.agent_topic(agent, "inbox") if agent else contract.GENERAL_INBOX_TOPIC
+        payload = contract.inbox_payload(ts=time.time(), owner=agent or "general", items=items)
+        await self.bus.publish(topic, payload, qos=1, retain=True)
 
     async def _durable_writer(self) -> None:
         while True:

@@ -1,9 +1,12 @@
 """``ctid replay``: a recorded AMI capture through the real model, every message printed.
 
 Time comes from the events' ``Timestamp`` header (``timestampevents = yes``).
-Only unsolicited events are applied: list items and responses answering the
-capture session's own actions (they carry no ``Timestamp``, README point 18)
-are not events of the PBX.
+Unsolicited events are applied as the daemon applies them. The capture
+session's own answers to ``CoreShowChannels``, ``QueueStatus``, ``Status`` and
+``BridgeList`` (list items carry no ``Timestamp``: README point 18) are what the
+daemon's resync would have received at that moment, so the first complete
+answer of each is applied as a resync; later ones were the recording client's
+own (possibly filtered) queries and are not the whole truth.
 """
 
 from __future__ import annotations
@@ -17,40 +20,95 @@ from ctid.app import build_model, messages_of
 from ctid.config import Config
 from ctid.core import contract
 from ctid.core.ami import AmiMessage, AmiParser
+from ctid.core.effects import Effect, EmitCallback, Publish
+from ctid.core.model import Model
+from ctid.core.records import CallbackRecord
+
+# The "…Complete" event that ends each resync list answer.
+RESYNC_LISTS = {
+    "CoreShowChannelsComplete": "CoreShowChannels",
+    "QueueStatusComplete": "QueueStatus",
+    "StatusComplete": "Status",
+    "BridgeListComplete": "BridgeList",
+}
 
 
-def capture_events(path: Path) -> Iterator[AmiMessage]:
-    """The unsolicited events of a raw ``.ami`` capture, in order."""
+def capture_messages(path: Path) -> Iterator[AmiMessage]:
+    """Every message of a raw ``.ami`` capture, in order (the banner left out)."""
     parser = AmiParser(expect_banner=True)
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 16):
             for msg in parser.feed(chunk):
-                if msg.event and (msg.timestamp is not None or not msg.action_id):
+                if not msg.is_banner:
                     yield msg
+
+
+def is_unsolicited(msg: AmiMessage) -> bool:
+    """An event of the PBX, not an item answering the session's own action."""
+    return bool(msg.event) and (msg.timestamp is not None or not msg.action_id)
+
+
+class _Replayer:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.lists: dict[str, list[AmiMessage]] = {}
+        self.applied: set[str] = set()
+        self.now = 0.0
+        self.callbacks: dict[str, CallbackRecord] = {}
+
+    def inbox(self, effect: EmitCallback) -> Publish:
+        """The general inbox after a callback request, as the daemon publishes it."""
+        self.callbacks[effect.record.id] = effect.record
+        items = [c for c in self.callbacks.values() if c.status in ("open", "assigned")]
+        payload = contract.inbox_payload(ts=self.now, owner="general", items=items)
+        return Publish(contract.GENERAL_INBOX_TOPIC, payload, retain=True, qos=1)
+
+    def feed(self, msg: AmiMessage) -> list[Effect]:
+        if is_unsolicited(msg):
+            now = msg.timestamp if msg.timestamp is not None else self.now
+            self.now = now
+            # Time passes between events too (parts settle): the model's clock is
+            # the events' own Timestamp.
+            return [*self.model.tick(now), *self.model.apply(msg, now)]
+        if not (msg.event and msg.action_id):
+            return []
+        items = self.lists.setdefault(msg.action_id, [])
+        items.append(msg)
+        kind = RESYNC_LISTS.get(msg.event)
+        if kind is None:
+            return []
+        del self.lists[msg.action_id]
+        if kind in self.applied:
+            return []
+        self.applied.add(kind)
+        return self.model.resync(items, self.now)
 
 
 def replay(config: Config, capture: Path) -> Iterator[dict[str, Any]]:
     """Every message ctid would publish for ``capture``, as ``{topic, payload, retain, qos}``."""
     model = build_model(config)
     prefix = config.mqtt.topic_prefix
+    replayer = _Replayer(model)
     started = False
-    last = 0.0
-    for msg in capture_events(capture):
-        now = msg.timestamp if msg.timestamp is not None else last
+    for msg in capture_messages(capture):
         if not started and msg.timestamp is not None:
             started = True
+            now = msg.timestamp
+            replayer.now = now
             status = contract.status_payload(ts=now, pbx="up", broker="up", version=__version__)
             yield _line(prefix, contract.STATUS_TOPIC, status, retain=True, qos=1)
             for effect in model.initial_states(now):
                 for pub in messages_of(effect):
                     yield _line(prefix, pub.topic, pub.payload, retain=pub.retain, qos=pub.qos)
-        last = now
         if not started:
             continue
-        # Time passes between events too (parts settle): the model's clock is the
-        # events' own Timestamp.
-        for effect in [*model.tick(now), *model.apply(msg, now)]:
-            for pub in messages_of(effect):
+        for effect in replayer.feed(msg):
+            pubs = (
+                (replayer.inbox(effect),)
+                if isinstance(effect, EmitCallback)
+                else messages_of(effect)
+            )
+            for pub in pubs:
                 yield _line(prefix, pub.topic, pub.payload, retain=pub.retain, qos=pub.qos)
 
 

@@ -53,6 +53,7 @@ def test_replay_prints_json_lines(capture: Path) -> None:
             "call",
             "activity",
             "call_record",
+            "inbox",
         }
         assert msg["qos"] in (0, 1)
         assert isinstance(msg["retain"], bool)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ctid.adapters.store import MIGRATIONS, OutboxMessage, Store
 from ctid.config import StoreConfig
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
 from ctid.errors import StoreError
 
 
@@ -428,3 +428,27 @@ def test_random_interleavings_keep_seq_unique_and_rows_whole(
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp) / "s.db"))
+
+
+async def test_callbacks_upsert_by_id_and_list_per_inbox(tmp_path: Path) -> None:
+    """A repeated request (same id) is one callback; open ones list per inbox, oldest first."""
+    first = CallbackRecord(
+        id="ivr-1.1",
+        number="+4917612345678",
+        e164="+4917612345678",
+        reason="queue-full",
+        queue="support",
+        requested_at=100.0,
+        preferred_time="2025-06-02T14:30:00+02:00",
+    )
+    second = replace(first, id="ivr-2.2", number="anonymous", e164="", requested_at=200.0)
+    mine = replace(first, id="web-3", agent="alice", source="web", requested_at=300.0)
+    async with Store.open(tmp_path / "ctid.sqlite3") as store:
+        for record in (first, second, first, mine):
+            await store.save_callback(record)
+        assert await store.open_callbacks() == [first, second]
+        assert await store.open_callbacks("alice") == [mine]
+        await store.save_callback(replace(first, status="done"))
+        assert await store.open_callbacks() == [second]
+    async with Store.open(tmp_path / "ctid.sqlite3") as store:
+        assert await store.open_callbacks() == [second]

@@ -25,7 +25,7 @@ import aiosqlite
 import orjson
 
 from ctid.config import StoreConfig
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
 from ctid.errors import StoreError
 
 ExportKind = Literal["activities", "calls", "agent-states"]
@@ -117,6 +117,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHEN NEW.seq > (SELECT value FROM seq_counter)
             BEGIN SELECT RAISE(ABORT, 'ack beyond the last seq'); END""",
     ),
+    (
+        # Callback requests (seed 002): one row per request, upserted by id.
+        """CREATE TABLE callbacks (
+            pos INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            number TEXT NOT NULL, e164 TEXT NOT NULL, reason TEXT NOT NULL,
+            queue TEXT NOT NULL, requested_at REAL NOT NULL, preferred_time TEXT NOT NULL,
+            partner TEXT NOT NULL, source TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('open', 'assigned', 'done', 'returned')),
+            agent TEXT NOT NULL, interaction_id TEXT NOT NULL) STRICT""",
+        "CREATE INDEX callbacks_open ON callbacks (agent, pos) "
+        "WHERE status IN ('open', 'assigned')",
+    ),
 )
 
 _JSON_COLS = frozenset({"agents", "extra"})
@@ -124,6 +137,7 @@ _BOOL_COLS = frozenset({"ended_while_disconnected"})
 _CALL_COLS = tuple(f.name for f in fields(CallRecord))
 _ACTIVITY_COLS = tuple(f.name for f in fields(ActivityRecord))
 _STATE_COLS = tuple(f.name for f in fields(AgentStateInterval))
+_CALLBACK_COLS = tuple(f.name for f in fields(CallbackRecord))
 
 
 def _upsert(table: str, cols: tuple[str, ...], key: str) -> str:
@@ -135,6 +149,7 @@ def _upsert(table: str, cols: tuple[str, ...], key: str) -> str:
 
 
 _UPSERT_CALL = _upsert("calls", _CALL_COLS, "interaction_id")
+_UPSERT_CALLBACK = _upsert("callbacks", _CALLBACK_COLS, "id")
 _UPSERT_ACTIVITY = _upsert("activities", _ACTIVITY_COLS, "id")
 _INSERT_STATE = f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _INSERT_OUTBOX = (
@@ -422,6 +437,21 @@ class Store:
         await self._submit(
             [(_UPSERT_ACTIVITY, [_encode(activity)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
         )
+
+    async def save_callback(self, callback: CallbackRecord) -> None:
+        """Insert or update a callback request (by its id: a repeat is not a new request)."""
+        await self._submit(
+            [(_UPSERT_CALLBACK, [tuple(getattr(callback, c) for c in _CALLBACK_COLS)])]
+        )
+
+    async def open_callbacks(self, agent: str = "") -> list[CallbackRecord]:
+        """The open callbacks of an inbox (``""`` = the general inbox), oldest first."""
+        rows = await self._fetch(
+            "SELECT * FROM callbacks WHERE agent = ? AND status IN ('open', 'assigned') "
+            "ORDER BY pos",
+            (agent,),
+        )
+        return [CallbackRecord(**{c: r[c] for c in _CALLBACK_COLS}) for r in rows]
 
     async def save_state_interval(self, interval: AgentStateInterval) -> None:
         """Append a closed presence interval."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ctid.core.records import ActivityRecord, CallRecord
+from ctid.core.records import ActivityRecord, CallbackRecord, CallRecord
 
 VERSION = 1
 
@@ -28,6 +28,7 @@ def agent_topic(agent: str, leaf: str) -> str:
 STATUS_TOPIC = "v1/status"
 CRM_ACTIVITY_TOPIC = "v1/crm/activity"
 CRM_CALLS_TOPIC = "v1/crm/calls"
+GENERAL_INBOX_TOPIC = "v1/inbox/general"
 
 
 def envelope(kind: str, ts: float, **fields: Any) -> dict[str, Any]:
@@ -91,3 +92,24 @@ def call_record_payload(rec: CallRecord, *, ts: float) -> dict[str, Any]:
         transfers=rec.transfers,
         ended_while_disconnected=rec.ended_while_disconnected,
     )
+
+
+def callback_item(rec: CallbackRecord) -> dict[str, Any]:
+    """One callback work item as an inbox lists it."""
+    return {
+        "id": rec.id,
+        "number": {"raw": rec.number, "e164": rec.e164},
+        "reason": rec.reason,
+        "queue": rec.queue,
+        "preferred_time": rec.preferred_time,
+        "partner": rec.partner,
+        "source": rec.source,
+        "status": rec.status,
+        "requested_at": iso(rec.requested_at),
+        "interaction_id": rec.interaction_id,
+    }
+
+
+def inbox_payload(*, ts: float, owner: str, items: list[CallbackRecord]) -> dict[str, Any]:
+    """An inbox (``general`` or an agent's), retained: its open callback items, oldest first."""
+    return envelope("inbox", ts, inbox=owner, items=[callback_item(r) for r in items])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,13 @@ class EmitCall:
 
 
 @dataclass(frozen=True, slots=True)
+class EmitCallback:
+    """Store a callback request, then publish the inbox it lands in (retained)."""
+
+    record: CallbackRecord
+
+
+@dataclass(frozen=True, slots=True)
 class RecordInterval:
     """Store a closed agent presence interval (time ready / not ready by reason)."""
 
@@ -63,4 +70,6 @@ class SendAction:
     fields: tuple[tuple[str, str], ...]
 
 
-Effect = Publish | EmitActivity | EmitCall | RecordInterval | SavePresence | SendAction
+Effect = (
+    Publish | EmitActivity | EmitCall | EmitCallback | RecordInterval | SavePresence | SendAction
+)

@@ -23,6 +23,7 @@ How Asterisk shows a call (captures README, and the captures themselves):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -34,12 +35,14 @@ from ctid.core.effects import (
     Effect,
     EmitActivity,
     EmitCall,
+    EmitCallback,
     Publish,
     RecordInterval,
     SavePresence,
+    SendAction,
 )
 from ctid.core.numbers import Number, NumberNormalizer
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
 
 
 class Presence(StrEnum):
@@ -164,9 +167,12 @@ class Call:
     abandoned: bool = False
     answered_at: float | None = None
     dial_status: str = ""
+    customer_cause: str = ""  # Hangup Cause of the customer's leg
+    offered: bool = False  # queued or rung at an agent: not just an IVR call
     attached: tuple[tuple[str, str], ...] = ()
     agents: tuple[str, ...] = ()
     transfers: int = 0
+    transfer_events: frozenset[str] = frozenset()  # already applied (an event may repeat)
     channels: frozenset[str] = frozenset()
     talk_s: float = 0.0
     hold_s: float = 0.0
@@ -209,6 +215,11 @@ class Model:
         self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
         self._extensions = {spec.id: spec.extension for spec in settings.agents}
         self._part_counter: dict[tuple[str, str], int] = {}
+        # Set while a resync closes what ended during an outage, so the records
+        # it completes are flagged ``ended_while_disconnected``.
+        self._closing_stale = False
+        self.boot_time: float | None = None  # when Asterisk started (FullyBooted Uptime)
+        self.pbx_restarted = False
         self._handlers = {
             "Newchannel": self._on_newchannel,
             "Newstate": self._on_newstate,
@@ -234,6 +245,9 @@ class Model:
             "QueueMemberAdded": self._on_member,
             "QueueMemberPause": self._on_member,
             "QueueMemberRemoved": self._on_member_removed,
+            "FullyBooted": self._on_fully_booted,
+            "OriginateResponse": self._on_originate_response,
+            "UserEvent": self._on_user_event,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -262,18 +276,100 @@ class Model:
             self._publish_state(agent_id, now, out, force=True)
         return out
 
-    def resync_queue_members(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
-        """Replace every agent's queue memberships with a ``QueueStatus`` answer.
+    def resync(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
+        """Rebuild the model from the answers to the resync actions, after a reconnect.
 
-        Members removed while the link was down simply are not listed, so the
-        answer is taken as the whole truth, not merged.
+        ``items`` are the list items of ``CoreShowChannels``, ``BridgeList``,
+        ``QueueStatus`` and ``Status`` (in that order). The answer is the whole
+        truth: channels the model knows but Asterisk no longer lists ended
+        while the link was down, and their calls and parts are closed with what
+        is known, flagged ``ended_while_disconnected``; channels Asterisk lists
+        but the model does not know are added; calls that survived keep their
+        parts, so no activity is duplicated.
         """
-        by_agent: dict[str, dict[str, tuple[bool, str]]] = {
-            agent_id: {} for agent_id in self.agents
-        }
+        out: list[Effect] = []
+        items = list(items)
+        live = {i.get("Uniqueid"): i for i in items if i.event == "CoreShowChannel"}
+        if any(i.event == "CoreShowChannelsComplete" for i in items) or live:
+            self._closing_stale = True
+            try:
+                for uid in [u for u in self.channels if u not in live]:
+                    chan = self.channels[uid]
+                    hangup = AmiMessage.build(
+                        {"Event": "Hangup", "Uniqueid": uid, "Linkedid": chan.linkedid}
+                    )
+                    self._on_hangup(hangup, now, out)
+            finally:
+                self._closing_stale = False
+            for uid, item in live.items():
+                self._resync_channel(uid, item, now, out)
+        members = [i for i in items if i.event == "QueueMember"]
+        if members or any(i.event == "QueueStatusComplete" for i in items):
+            self._resync_members(members, now, out)
         for item in items:
-            if item.event != "QueueMember":
-                continue
+            if item.event == "QueueEntry":
+                call = self.calls.get(item.get("Linkedid") or item.get("Uniqueid"))
+                if call is not None and not call.queue:
+                    wait = _float(item.get("Wait"))
+                    self.calls[call.id] = replace(
+                        call, queue=item.get("Queue"), queued_at=now - wait
+                    )
+        return out
+
+    def _resync_channel(self, uid: str, item: AmiMessage, now: float, out: list[Effect]) -> None:
+        """Bring one channel Asterisk lists in line with the model (or add it)."""
+        fields = {
+            "Uniqueid": uid,
+            "Linkedid": item.get("Linkedid") or uid,
+            "Channel": item.get("Channel"),
+            "ChannelState": item.get("ChannelState"),
+            "ChannelStateDesc": item.get("ChannelStateDesc"),
+            "CallerIDNum": item.get("CallerIDNum"),
+            "CallerIDName": item.get("CallerIDName"),
+            "ConnectedLineNum": item.get("ConnectedLineNum"),
+        }
+        new = uid not in self.channels
+        when = now
+        if new:
+            # Created before we could see it: born Duration ago, in state Down, and
+            # then brought to its state. When it was answered is not known; its
+            # birth is the closest bound we have (a queue leg rings only briefly).
+            when = now - _duration(item.get("Duration"))
+            down = {**fields, "ChannelState": "0", "ChannelStateDesc": "Down"}
+            self._on_newchannel(AmiMessage.build({"Event": "Newchannel", **down}), when, out)
+        chan = self.channels.get(uid)
+        if chan is None:
+            return
+        if chan.state != _state_of(AmiMessage.build(fields)):
+            self._on_newstate(AmiMessage.build({"Event": "Newstate", **fields}), when, out)
+        call = self.calls.get(chan.linkedid)
+        if (
+            call is not None
+            and not call.queue
+            and uid == call.customer_uid
+            and item.get("Application") == "Queue"
+        ):
+            # Still inside Queue() while bridged to the agent: its first argument
+            # is the queue's name.
+            queue = item.get("ApplicationData").split(",", 1)[0]
+            self.calls[call.id] = replace(call, queue=queue, offered=True)
+        bridge = item.get("BridgeId")
+        chan = self.channels[uid]
+        if bridge != chan.bridge:
+            self.channels[uid] = replace(chan, bridge=bridge)
+            self._refresh_agents_of(chan.linkedid, now, out)
+
+    def resync_queue_members(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
+        """Replace every agent's queue memberships with a ``QueueStatus`` answer."""
+        out: list[Effect] = []
+        self._resync_members([i for i in items if i.event == "QueueMember"], now, out)
+        return out
+
+    def _resync_members(self, members: list[AmiMessage], now: float, out: list[Effect]) -> None:
+        # Members removed while the link was down simply are not listed, so the
+        # answer is taken as the whole truth, not merged.
+        by_agent: dict[str, dict[str, tuple[bool, str]]] = {a: {} for a in self.agents}
+        for item in members:
             agent_id = self.agent_of_device(item.get("StateInterface") or item.get("Location"))
             if agent_id is None:
                 agent_id = self.agent_of_device(item.get("Location"))
@@ -284,10 +380,96 @@ class Model:
                 paused,
                 item.get("PausedReason") if paused else "",
             )
-        out: list[Effect] = []
-        for agent_id, queues in by_agent.items():
-            self._set_queues(self.agents[agent_id], queues, now, out)
-        return out
+        for agent_id, listed in by_agent.items():
+            agent = self.agents[agent_id]
+            queues = listed
+            if self.pbx_restarted and agent.presence in (Presence.NOT_READY, Presence.WRAP_UP):
+                # Asterisk forgets pause reasons when it restarts; the agent did not
+                # choose to become ready. Pause again with the reason it had.
+                unpaused = [q for q, (paused, _) in queues.items() if not paused]
+                if unpaused:
+                    device = agent.devices[0]
+                    out.append(
+                        SendAction(
+                            "QueuePause",
+                            (("Interface", device), ("Paused", "true"), ("Reason", agent.reason)),
+                        )
+                    )
+                    queues = dict.fromkeys(queues, (True, agent.reason))
+            self._set_queues(agent, queues, now, out)
+        self.pbx_restarted = False
+
+    def restore_presence(self, agent_id: str, presence: str, reason: str, since: float) -> None:
+        """What the store remembers of an agent's presence (at start-up, before any event)."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        try:
+            value = Presence(presence)
+        except ValueError:
+            return
+        self.agents[agent_id] = replace(agent, presence=value, reason=reason, since=since)
+
+    def _on_originate_response(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        # The only place that names the number of a click to dial whose agent leg
+        # never answered: Failure, Reason 3, Uniqueid <unknown>, Channel = the
+        # dial string (README point 14). It reaches every AMI session.
+        agent_id = self.agent_of_device(msg.get("Channel"))
+        number = self.numbers.normalize(msg.get("Exten"))
+        if agent_id is None or number.kind != "e164":
+            return
+        uid = msg.get("Uniqueid")
+        for part in self._parts_of_agent(agent_id):
+            call = self.calls[part.call_id]
+            if not part.originator or call.customer_uid:
+                continue
+            if uid not in ("", "<unknown>") and uid not in part.channels:
+                continue
+            self.calls[call.id] = replace(call, direction="outbound", customer_raw=msg.get("Exten"))
+
+    def _on_user_event(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        if msg.get("UserEvent") != "CallbackRequest":
+            return
+        # The IVR's UserEvent(CallbackRequest,Number:…,Reason:…,PreferredTime:…,
+        # Queue:…). A UserEvent carries the channel's headers first and the user's
+        # after, so Uniqueid can appear twice (README point 4): the first is the
+        # channel's, and identifies the request.
+        uid = msg.get("Uniqueid")
+        raw = msg.get_all("Number")[-1] if "Number" in msg else msg.get("CallerIDNum")
+        number = self.numbers.normalize(raw)
+        out.append(
+            EmitCallback(
+                CallbackRecord(
+                    id=f"ivr-{uid}",
+                    number=raw,
+                    e164=number.e164 if number.kind == "e164" else "",
+                    reason=msg.get("Reason"),
+                    queue=msg.get_all("Queue")[-1] if "Queue" in msg else "",
+                    requested_at=now,
+                    preferred_time=msg.get("PreferredTime"),
+                    partner=msg.get("Partner"),
+                    source="ivr",
+                    interaction_id=msg.get("Linkedid") or uid,
+                )
+            )
+        )
+
+    def _on_fully_booted(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        # Sent right after every login with the PBX's uptime (README point 2). A
+        # boot time later than the one we knew (or later than the presences we
+        # restored) means Asterisk restarted and forgot its pause reasons.
+        uptime = msg.get("Uptime")
+        if not uptime:
+            return
+        booted = now - _float(uptime)
+        if self.boot_time is not None:
+            if booted > self.boot_time + 5.0:
+                self.pbx_restarted = True
+        else:
+            newest = max((a.since for a in self.agents.values() if a.since), default=None)
+            if newest is not None and booted > newest:
+                self.pbx_restarted = True
+        self.boot_time = booted
 
     def agent_of_device(self, channel_or_interface: str) -> str | None:
         return self._device_agent.get(device_of(channel_or_interface))
@@ -513,6 +695,8 @@ class Model:
                     self._agent_left(part, now, out)
             self._refresh_phone(chan.agent, now, out)
         elif uid == call.customer_uid:
+            call = replace(call, customer_cause=msg.get("Cause"))
+            self.calls[call.id] = call
             # The customer is gone: whoever left before it was not transferred.
             self._settle_all(call.id, now, out, transfer_to="")
         if not call.channels:
@@ -596,6 +780,7 @@ class Model:
             # The agent left and the customer went (back) into a queue: a transfer to it.
             self._settle_all(call.id, now, out, transfer_to=msg.get("Queue"))
             call = self.calls[call.id]
+        call = replace(call, offered=True)
         if not call.queue:
             call = replace(call, queue=msg.get("Queue"), queued_at=now)
         elif call.transfers:
@@ -640,8 +825,9 @@ class Model:
         if transferer is None or msg.get("Result") not in ("", "Success"):
             return
         call = self.calls.get(transferer.linkedid)
-        if call is None:
+        if call is None or not self._first_time(call, "blind", msg):
             return
+        call = self.calls[call.id]
         self.calls[call.id] = replace(call, transfers=call.transfers + 1)
         if transferer.agent is not None:
             key = (call.id, transferer.agent)
@@ -663,8 +849,9 @@ class Model:
         transferer = self.channels.get(msg.get("OrigTransfererUniqueid"))
         linkedid = transferer.linkedid if transferer else msg.get("OrigTransfererLinkedid")
         call = self.calls.get(linkedid)
-        if call is None:
+        if call is None or not self._first_time(call, "attended", msg):
             return
+        call = self.calls[call.id]
         threeway = msg.get("DestType") == "Threeway"
         consults = [p for p in self._parts_of_call(call.id) if p.why == "consult"]
         for consult in consults:
@@ -702,6 +889,21 @@ class Model:
             # The transferer's hangup came first; it was waiting for this.
             self.settling[key] = replace(self.settling[key], transferred_to=to or "transfer")
             self._settle_key(key, now, out)
+
+    def _first_time(self, call: Call, kind: str, msg: AmiMessage) -> bool:
+        """Whether this transfer event is new for the call (not a repeat of one applied)."""
+        key = "/".join(
+            (
+                kind,
+                msg.get("Timestamp"),
+                msg.get("TransfererUniqueid"),
+                msg.get("OrigTransfererUniqueid"),
+            )
+        )
+        if key in call.transfer_events:
+            return False
+        self.calls[call.id] = replace(call, transfer_events=call.transfer_events | {key})
+        return True
 
     # ------------------------------------------------------------------ attached data
 
@@ -887,7 +1089,7 @@ class Model:
         elif part.originator:
             # The agent's own handset may have answered; the customer's fate is in
             # DialEnd's DialStatus (README point 14).
-            outcome = _DIAL_FAILURES.get(call.dial_status, "failed")
+            outcome = _outbound_outcome(call)
         else:
             outcome = "missed"
         ring_from = part.alerting_at or part.offered_at
@@ -917,6 +1119,7 @@ class Model:
             hold_s=part.hold_s,
             outcome=outcome,
             transfer_to=part.transferred_to,
+            ended_while_disconnected=self._closing_stale,
             extra=extra,
         )
         self.calls[call.id] = replace(
@@ -975,6 +1178,7 @@ class Model:
             outcome=outcome,
             agents=call.agents,
             transfers=call.transfers,
+            ended_while_disconnected=self._closing_stale,
         )
         payload = contract.call_record_payload(record, ts=now)
         out.append(EmitCall(record, (Publish(contract.CRM_CALLS_TOPIC, payload, qos=1),)))
@@ -983,9 +1187,13 @@ class Model:
         if call.answered_at is not None:
             return "answered"
         if call.direction == "outbound":
-            return _DIAL_FAILURES.get(call.dial_status, "failed")
-        if call.abandoned or call.direction == "inbound":
+            return _outbound_outcome(call)
+        if call.abandoned or (call.direction == "inbound" and (call.offered or call.agents)):
             return "abandoned"
+        if call.direction == "inbound":
+            # Never queued nor rung at an agent: handled by the IVR (a callback
+            # request, an announcement), not abandoned by the caller.
+            return "ivr"
         return "missed"
 
     # ------------------------------------------------------------------ agent state
@@ -999,16 +1207,16 @@ class Model:
         phone = self._phone_of(agent_id)
         if phone != agent.phone:
             self.agents[agent_id] = replace(agent, phone=phone)
-            for part in self._parts_of_call_for(agent_id):
+            for part in self._parts_of_agent(agent_id):
                 self._call_update(part, phone.value, now, out)
         self._publish_state(agent_id, now, out)
 
-    def _parts_of_call_for(self, agent_id: str) -> list[Part]:
+    def _parts_of_agent(self, agent_id: str) -> list[Part]:
         return [p for (_, a), p in self.parts.items() if a == agent_id]
 
     def _phone_of(self, agent_id: str) -> Phone:
         states: set[Phone] = set()
-        for part in self._parts_of_call_for(agent_id):
+        for part in self._parts_of_agent(agent_id):
             for uid in part.channels:
                 chan = self.channels.get(uid)
                 if chan is None:
@@ -1079,9 +1287,7 @@ class Model:
         self._agent_publish(agent_id, "state", payload, now, out, retain=True, qos=1)
 
     def _publish_snapshot(self, agent_id: str, now: float, out: list[Effect]) -> None:
-        pops = [
-            dict(p.last_pop) for p in self._parts_of_call_for(agent_id) if p.last_pop is not None
-        ]
+        pops = [dict(p.last_pop) for p in self._parts_of_agent(agent_id) if p.last_pop is not None]
         payload = contract.envelope("snapshot", now, agent=agent_id, interactions=pops)
         self._agent_publish(agent_id, "snapshot", payload, now, out, retain=True, qos=1)
 
@@ -1144,6 +1350,21 @@ def presence_of(queues: Mapping[str, tuple[bool, str]]) -> tuple[Presence, str]:
     return Presence.READY, ""
 
 
+# Q.850 causes on the customer's leg that say the call could not be placed at
+# all, whatever DialStatus says: chan_iax2 reports an unallocated number (cause
+# 1) as DialStatus NOANSWER (captures README point 14).
+_FAILED_CAUSES = frozenset({"1", "2", "3", "20", "22", "27", "28", "34", "38", "41", "42", "47"})
+
+
+def _outbound_outcome(call: Call) -> str:
+    """What became of an unanswered outbound call: busy, no_answer or failed."""
+    if call.customer_cause == "17":
+        return "busy"
+    if call.customer_cause in _FAILED_CAUSES:
+        return "failed"
+    return _DIAL_FAILURES.get(call.dial_status, "failed")
+
+
 def _local_exten(channel: str) -> str:
     """``Local/1002@internal-00000000;1`` → ``1002``; anything else → its device."""
     if channel.startswith("Local/"):
@@ -1161,11 +1382,23 @@ def _clean(value: str) -> str:
     return "" if value == "<unknown>" else value
 
 
+def _duration(value: str) -> float:
+    """``CoreShowChannel``'s ``Duration: 00:01:05`` in seconds (0 if unreadable)."""
+    total = 0.0
+    for part in value.split(":"):
+        if not part.isdigit():
+            return 0.0
+        total = total * 60 + int(part)
+    return total
+
+
 def _float(value: str) -> float:
+    """A duration header (``HoldTime``, ``Wait``) in seconds: never negative, NaN or infinite."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return 0.0
+    return number if math.isfinite(number) and number >= 0 else 0.0
 
 
 def specs_from(agents: Iterable[Any], limit: int) -> tuple[AgentSpec, ...]:

@@ -72,3 +72,21 @@ class AgentStateInterval:
     reason: str
     started_at: float
     ended_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRecord:
+    """A customer's request to be called back (the SAP seed 002), from the IVR or the web."""
+
+    id: str  # stable: "ivr-{Uniqueid}" for an IVR request, so a replay cannot duplicate it
+    number: str  # as given ("unknown" when the caller withheld it)
+    e164: str  # normalised, "" when there is no usable number
+    reason: str
+    queue: str
+    requested_at: float
+    preferred_time: str = ""  # as given (ISO 8601 from the IVR)
+    partner: str = ""  # the customer's CRM record, when the request names one
+    source: str = "ivr"  # "ivr" | "web"
+    status: str = "open"  # "open" | "assigned" | "done" | "returned"
+    agent: str = ""  # the agent whose inbox holds it ("" = the general inbox)
+    interaction_id: str = ""  # the call that asked for it
