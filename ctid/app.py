@@ -50,6 +50,8 @@ def build_model(config: Config) -> Model:
         attached_prefix=config.calls.attached_prefix,
         pop_on=config.calls.pop_on,
         interaction_limit=config.calls.interaction_limit,
+        wrapup_s=config.calls.wrapup_s,
+        max_call_age_s=config.calls.max_call_age_s,
     )
     numbers = NumberNormalizer(
         default_region=config.numbers.default_region,

@@ -60,6 +60,9 @@ class Phone(StrEnum):
     HELD = "held"
 
 
+WRAPUP_REASON = "wrap-up"
+
+
 class Link(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -108,6 +111,11 @@ class ModelSettings:
     # it is closed as "answered" (a Redirect-style transfer shows only as the
     # customer dialling the next agent after the first one hung up: README 12).
     settle_s: float = 2.0
+    # Automatic wrap-up after a customer part (0 = off): the agent is paused with
+    # reason WRAPUP_REASON until it says it is done or this many seconds pass.
+    wrapup_s: float = 0.0
+    # A call never seen to hang up (a lost Hangup) is closed after this age.
+    max_call_age_s: float = 4 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,12 @@ class Agent:
     )  # queue -> (paused, reason)
     parts: frozenset[str] = frozenset()  # open interaction ids
     published: tuple[Any, ...] = ()  # last published state key, to publish only on change
+    wrapup_until: float | None = None
+    wrapup_since: float = 0.0
+    wrapup_part: tuple[str, str] | None = None  # the part whose end started the wrap-up
+    wrapup_activity: ActivityRecord | None = None  # updated with wrapup_s when wrap-up ends
+    # A wrap-up that ended while its part was still settling: (wrapup_s, code, notes).
+    wrapup_result: tuple[float, str, str] | None = None
 
 
 class Model:
@@ -215,9 +229,9 @@ class Model:
         self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
         self._extensions = {spec.id: spec.extension for spec in settings.agents}
         self._part_counter: dict[tuple[str, str], int] = {}
-        # Set while a resync closes what ended during an outage, so the records
-        # it completes are flagged ``ended_while_disconnected``.
-        self._closing_stale = False
+        # Why records are being closed by ctid rather than by Asterisk's events:
+        # "disconnected" (a resync found them gone) or "expired" (too old).
+        self._close_reason = ""
         self.boot_time: float | None = None  # when Asterisk started (FullyBooted Uptime)
         self.pbx_restarted = False
         self._handlers = {
@@ -291,16 +305,9 @@ class Model:
         items = list(items)
         live = {i.get("Uniqueid"): i for i in items if i.event == "CoreShowChannel"}
         if any(i.event == "CoreShowChannelsComplete" for i in items) or live:
-            self._closing_stale = True
-            try:
-                for uid in [u for u in self.channels if u not in live]:
-                    chan = self.channels[uid]
-                    hangup = AmiMessage.build(
-                        {"Event": "Hangup", "Uniqueid": uid, "Linkedid": chan.linkedid}
-                    )
-                    self._on_hangup(hangup, now, out)
-            finally:
-                self._closing_stale = False
+            self._force_hangup(
+                [u for u in self.channels if u not in live], "disconnected", now, out
+            )
             for uid, item in live.items():
                 self._resync_channel(uid, item, now, out)
         members = [i for i in items if i.event == "QueueMember"]
@@ -945,22 +952,138 @@ class Model:
         self, agent: Agent, queues: dict[str, tuple[bool, str]], now: float, out: list[Effect]
     ) -> None:
         presence, reason = presence_of(queues)
-        if agent.presence == Presence.WRAP_UP and presence != Presence.LOGGED_OUT:
-            presence, reason = agent.presence, agent.reason
         agent = replace(agent, queues=queues)
-        if (presence, reason) != (agent.presence, agent.reason):
-            if agent.since:
-                out.append(
-                    RecordInterval(
-                        AgentStateInterval(
-                            agent.id, agent.presence.value, agent.reason, agent.since, now
-                        )
-                    )
-                )
-            out.append(SavePresence(agent.id, presence.value, reason, now))
-            agent = replace(agent, presence=presence, reason=reason, since=now)
         self.agents[agent.id] = agent
+        if agent.presence == Presence.WRAP_UP:
+            if presence in (Presence.READY, Presence.WRAP_UP):
+                # Our own wrap-up pause, or its QueuePause not applied yet.
+                presence, reason = agent.presence, agent.reason
+            else:
+                # Paused for another reason or logged out meanwhile: wrap-up is over.
+                self._finish_wrapup(agent.id, now, out, code="", notes="")
+        self._change_presence(agent.id, presence, reason, now, out)
         self._publish_state(agent.id, now, out)
+
+    def _change_presence(
+        self, agent_id: str, presence: Presence, reason: str, now: float, out: list[Effect]
+    ) -> None:
+        """Set an agent's presence, closing the interval of the one before."""
+        agent = self.agents[agent_id]
+        if (presence, reason) == (agent.presence, agent.reason):
+            return
+        if agent.since:
+            interval = AgentStateInterval(
+                agent.id, agent.presence.value, agent.reason, agent.since, now
+            )
+            out.append(RecordInterval(interval))
+        out.append(SavePresence(agent.id, presence.value, reason, now))
+        self.agents[agent_id] = replace(agent, presence=presence, reason=reason, since=now)
+
+    # ------------------------------------------------------------------ wrap-up
+
+    def _maybe_start_wrapup(self, part: Part, now: float, out: list[Effect]) -> None:
+        """When an agent leaves a customer it talked to, pause it for wrap-up (if configured).
+
+        Started when the agent hangs up, not when the activity closes (which may
+        wait for the customer's next step), so no new call reaches it meanwhile.
+        """
+        agent = self.agents[part.agent]
+        if (
+            self.settings.wrapup_s <= 0
+            or part.why == "consult"
+            or part.answered_at is None
+            or agent.parts
+            or agent.presence != Presence.READY
+        ):
+            return
+        for device in agent.devices:
+            out.append(
+                SendAction(
+                    "QueuePause",
+                    (("Interface", device), ("Paused", "true"), ("Reason", WRAPUP_REASON)),
+                )
+            )
+        self._change_presence(agent.id, Presence.WRAP_UP, WRAPUP_REASON, now, out)
+        self.agents[agent.id] = replace(
+            self.agents[agent.id],
+            wrapup_until=now + self.settings.wrapup_s,
+            wrapup_since=now,
+            wrapup_part=(part.call_id, part.agent),
+            wrapup_activity=None,
+            wrapup_result=None,
+        )
+        self._publish_state(agent.id, now, out)
+
+    def _wrapup_closed(self, record: ActivityRecord) -> ActivityRecord:
+        """The activity of a wrap-up's part closed: remember it, or complete it if done."""
+        agent = self.agents[record.agent]
+        if agent.wrapup_part != (record.interaction_id, record.agent):
+            return record
+        if agent.wrapup_result is not None:
+            wrapup_s, code, notes = agent.wrapup_result
+            self.agents[record.agent] = replace(agent, wrapup_part=None, wrapup_result=None)
+            return replace(record, wrapup_s=wrapup_s, wrapup_code=code, notes=notes)
+        self.agents[record.agent] = replace(agent, wrapup_activity=record)
+        return record
+
+    def end_wrapup(
+        self, agent_id: str, now: float, *, code: str = "", notes: str = ""
+    ) -> list[Effect]:
+        """The agent is done wrapping up (or the wrap-up time ran out): ready again.
+
+        The activity of the part that started the wrap-up is published again,
+        same id, with its wrap-up time, code and notes.
+        """
+        out: list[Effect] = []
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.presence != Presence.WRAP_UP:
+            return out
+        for device in agent.devices:
+            out.append(SendAction("QueuePause", (("Interface", device), ("Paused", "false"))))
+        self._finish_wrapup(agent_id, now, out, code=code, notes=notes)
+        # Back to ready at once: the unpause events that follow agree with it.
+        queues = {
+            q: (False, "")
+            for q, (paused, r) in agent.queues.items()
+            if paused and r == WRAPUP_REASON
+        }
+        merged = {**agent.queues, **queues}
+        self.agents[agent_id] = replace(self.agents[agent_id], queues=merged)
+        presence, reason = presence_of(merged)
+        self._change_presence(agent_id, presence, reason, now, out)
+        self._publish_state(agent_id, now, out)
+        return out
+
+    def _finish_wrapup(
+        self, agent_id: str, now: float, out: list[Effect], *, code: str, notes: str
+    ) -> None:
+        agent = self.agents[agent_id]
+        record = agent.wrapup_activity
+        wrapup_s = max(0.0, now - agent.wrapup_since)
+        if record is None:
+            # Its part is still settling: the activity gets the result when it closes.
+            result = (wrapup_s, code, notes) if agent.wrapup_part else None
+            self.agents[agent_id] = replace(agent, wrapup_until=None, wrapup_result=result)
+            return
+        self.agents[agent_id] = replace(
+            agent, wrapup_until=None, wrapup_activity=None, wrapup_part=None
+        )
+        updated = replace(
+            record,
+            wrapup_s=wrapup_s,
+            wrapup_code=code or record.wrapup_code,
+            notes=notes or record.notes,
+        )
+        self._emit_activity(updated, now, out)
+
+    def _emit_activity(self, record: ActivityRecord, now: float, out: list[Effect]) -> None:
+        seq = self._next_seq(record.agent)
+        payload = contract.activity_payload(record, ts=now, seq=seq)
+        messages = (
+            Publish(contract.agent_topic(record.agent, "activity"), payload, qos=1),
+            Publish(contract.CRM_ACTIVITY_TOPIC, payload, qos=1),
+        )
+        out.append(EmitActivity(record, messages))
 
     # ------------------------------------------------------------------ agent parts
 
@@ -1042,6 +1165,7 @@ class Model:
         self.agents[part.agent] = replace(agent, parts=agent.parts - {part.call_id})
         call = self.calls[part.call_id]
         self._call_update(part, "ended", now, out)
+        self._maybe_start_wrapup(part, now, out)
         if (
             part.answered_at is not None
             and not part.transferred_to
@@ -1070,12 +1194,31 @@ class Model:
             self._close_part(part, now, out)
 
     def tick(self, now: float) -> list[Effect]:
-        """Time passes: close parts that have settled long enough."""
+        """Time passes: settled parts close, wrap-ups time out, stale calls expire."""
         out: list[Effect] = []
         for key, part in list(self.settling.items()):
             if part.left_at is not None and now - part.left_at >= self.settings.settle_s:
                 self._settle_key(key, now, out)
+        for agent in list(self.agents.values()):
+            if agent.wrapup_until is not None and now >= agent.wrapup_until:
+                out += self.end_wrapup(agent.id, now)
+        for call in list(self.calls.values()):
+            if now - call.started_at > self.settings.max_call_age_s:
+                self._force_hangup(sorted(call.channels), "expired", now, out)
+                self.calls.pop(call.id, None)  # even if it had no channel left
         return out
+
+    def _force_hangup(self, uids: list[str], reason: str, now: float, out: list[Effect]) -> None:
+        """Hang up channels Asterisk will never report again (gone during an outage, or lost)."""
+        self._close_reason = reason
+        try:
+            for uid in uids:
+                chan = self.channels.get(uid)
+                if chan is not None:
+                    hangup = {"Event": "Hangup", "Uniqueid": uid, "Linkedid": chan.linkedid}
+                    self._on_hangup(AmiMessage.build(hangup), now, out)
+        finally:
+            self._close_reason = ""
 
     def _close_part(self, part: Part, now: float, out: list[Effect]) -> None:
         """Emit the activity of a finished part (ended when its agent left)."""
@@ -1098,6 +1241,8 @@ class Model:
         talk_s = max(0.0, ended - answered - part.hold_s) if answered is not None else 0.0
         number = self._customer_number(call, part)
         extra: dict[str, Any] = {"why": part.why}
+        if self._close_reason:
+            extra["closed_by"] = self._close_reason
         if part.consult_s:
             extra["consult_s"] = round(part.consult_s, 3)
         if part.conference:
@@ -1119,7 +1264,7 @@ class Model:
             hold_s=part.hold_s,
             outcome=outcome,
             transfer_to=part.transferred_to,
-            ended_while_disconnected=self._closing_stale,
+            ended_while_disconnected=self._close_reason == "disconnected",
             extra=extra,
         )
         self.calls[call.id] = replace(
@@ -1138,13 +1283,7 @@ class Model:
             # Never rang (a leg created and torn down at once): not worth an activity.
             self._publish_snapshot(part.agent, now, out)
             return
-        seq = self._next_seq(part.agent)
-        payload = contract.activity_payload(record, ts=now, seq=seq)
-        messages = (
-            Publish(contract.agent_topic(part.agent, "activity"), payload, qos=1),
-            Publish(contract.CRM_ACTIVITY_TOPIC, payload, qos=1),
-        )
-        out.append(EmitActivity(record, messages))
+        self._emit_activity(self._wrapup_closed(record), now, out)
         self._publish_snapshot(part.agent, now, out)
 
     def _extension(self, agent_id: str) -> str:
@@ -1155,6 +1294,8 @@ class Model:
             self._agent_left(self.parts[key], now, out)
         self._settle_all(call.id, now, out, transfer_to="")
         call = self.calls.pop(call.id, call)
+        for agent_id in call.agents:
+            self._part_counter.pop((call.id, agent_id), None)
         if call.direction == "internal" and not call.agents:
             return
         number = self.numbers.normalize(call.customer_raw)
@@ -1178,7 +1319,7 @@ class Model:
             outcome=outcome,
             agents=call.agents,
             transfers=call.transfers,
-            ended_while_disconnected=self._closing_stale,
+            ended_while_disconnected=self._close_reason == "disconnected",
         )
         payload = contract.call_record_payload(record, ts=now)
         out.append(EmitCall(record, (Publish(contract.CRM_CALLS_TOPIC, payload, qos=1),)))
