@@ -4,11 +4,14 @@
   with fault switches and a record of the actions it received;
 * ``load_capture`` (``capture``): the recorded sessions in ``ami-captures/``;
 * ``generate`` (``traffic``): scripted contact-center traffic;
-* ``RawAmiClient`` (``client``): a bare AMI client for wire-level tests.
+* ``RawAmiClient`` (``client``): a bare AMI client for wire-level tests;
+* ``PbxState`` (``pbxstate``): the calls, bridges and queues the emitted events
+  leave behind, which answer the resync lists (``AmiSimulator(track_state=True)``).
 """
 
 from ctid.sim.capture import Capture, load_capture, parse_capture
 from ctid.sim.client import RawAmiClient
+from ctid.sim.pbxstate import PbxState
 from ctid.sim.server import (
     LIST_ACTIONS,
     AmiSimulator,
@@ -28,6 +31,7 @@ __all__ = [
     "Capture",
     "Handler",
     "ListSpec",
+    "PbxState",
     "RawAmiClient",
     "SimClient",
     "Timing",

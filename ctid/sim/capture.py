@@ -73,6 +73,21 @@ class Capture:
         stamps = [ts for ts in (m.timestamp for m in self.events) if ts is not None]
         return max(stamps) - min(stamps) if stamps else 0.0
 
+    def index_at(self, timestamp: float) -> int:
+        """Index in ``replay_events`` of the first event stamped at or after ``timestamp``.
+
+        ``len(replay_events)`` if none is; events without a ``Timestamp`` count
+        as stamped like the one before them. For ``AmiSimulator.replay(start=,
+        stop=)``, to cut a capture at a moment of its timeline.
+        """
+        last = float("-inf")
+        for i, msg in enumerate(self.replay_events):
+            ts = msg.timestamp
+            last = last if ts is None else ts
+            if last >= timestamp:
+                return i
+        return len(self.replay_events)
+
     def to_bytes(self) -> bytes:
         """The capture re-encoded; equal to the file's bytes for every capture recorded here."""
         head = f"Asterisk Call Manager/{self.banner_version}\r\n" if self.banner_version else ""

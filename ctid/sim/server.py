@@ -14,15 +14,25 @@ shapes below are copied from the captures in ``ami-captures/``):
 * ``Ping``, ``Events``, ``Logoff``, ``CoreSettings``, ``CoreStatus`` and the
   resync lists (``CoreShowChannels``, ``BridgeList``, ``QueueStatus``,
   ``QueueSummary``, ``Status``, ``DeviceStateList``, ``ExtensionStateList``),
-  which answer the items configured with ``set_list`` (none by default);
+  which answer the items configured with ``set_list`` (none by default), or,
+  with ``track_state``, the PBX state computed from the events emitted so far
+  (``PbxState``), as does ``BridgeInfo``;
 * an unknown action: ``Invalid/unknown command: X. Use Action: ListCommands…``.
 
 Every response echoes the action's ``ActionID``. Events go only to sessions
 that are logged in with events on (and, for an ``Events: call,agent`` mask, to
 sessions whose mask matches the event's ``Privilege``).
 
-Tests drive faults through ``push``/``push_raw``/``drop_clients`` and the
+Tests drive faults through ``push``/``push_raw``/``drop_clients``,
+``stop_accepting``/``start_accepting`` (the PBX unreachable) and the
 ``answer_pings``/``refuse_logins`` switches, and assert on ``actions``.
+
+An outage in the middle of a capture, with ``track_state=True``::
+
+    await sim.replay(capture, None, stop=k)            # client connected
+    await sim.stop_accepting()                          # link cut, connects refused
+    await sim.replay(capture, None, start=k, stop=m)    # the PBX goes on, nobody hears
+    await sim.start_accepting()                         # the client reconnects and resyncs
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import os
 import secrets
 import socket
@@ -43,6 +54,7 @@ from typing import Any
 
 from ctid.core.ami import AmiMessage, AmiParser
 from ctid.sim.capture import Capture, load_capture
+from ctid.sim.pbxstate import PbxState
 
 __all__ = [
     "LIST_ACTIONS",
@@ -286,6 +298,7 @@ class AmiSimulator:
         uptime: float = 3600.0,
         security_events: bool = True,
         failed_login_delay: float = 0.0,
+        track_state: bool = False,
     ) -> None:
         self.username = username
         self.secret = secret
@@ -299,6 +312,10 @@ class AmiSimulator:
 
         self.answer_pings = True
         self.refuse_logins = False
+
+        self.state: PbxState | None = PbxState() if track_state else None
+        """The PBX behind the simulator: every event sent through ``push``/``replay`` changes it,
+        listened to or not, and the resync lists answer from it (``set_list`` overrides)."""
 
         self.actions: list[AmiMessage] = []
         """Every message a client sent, in arrival order (Login included)."""
@@ -321,6 +338,34 @@ class AmiSimulator:
     async def start(self) -> None:
         """Listen; ``port`` 0 picks a free port, stored back into ``self.port``."""
         self._changed = asyncio.Condition()
+        await self.start_accepting()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the simulator listens for connections."""
+        return self._server is not None
+
+    async def stop_accepting(self, *, drop: bool = True) -> None:
+        """Make the PBX unreachable: stop listening (connects are refused) and, with ``drop``,
+        abort every session.
+
+        ``state`` stays and keeps following ``push``/``replay``: the calls go on
+        while no client hears of them.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        if drop:
+            await self.drop_clients()
+        if server is not None:
+            await server.wait_closed()
+
+    async def start_accepting(self) -> None:
+        """Listen (again) on ``port``; the same port after ``stop_accepting``."""
+        if self._server is not None:
+            return
+        # asyncio sets SO_REUSEADDR, so the port is free again at once even with
+        # the aborted sessions' sockets still around.
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -380,12 +425,18 @@ class AmiSimulator:
         else:
             self._handlers[key] = handler
 
-    def set_list(self, action: str, items: Iterable[AmiMessage]) -> None:
-        """The items a default list action answers (see ``LIST_ACTIONS``), without ``ActionID``."""
+    def set_list(self, action: str, items: Iterable[AmiMessage] | None) -> None:
+        """The items a default list action answers (see ``LIST_ACTIONS``), without ``ActionID``.
+
+        They take precedence over ``state``; ``None`` removes them again.
+        """
         name = self._list_name(action)
         if name is None:
             raise ValueError(f"{action} is not one of {sorted(LIST_ACTIONS)}")
-        self._lists[name] = list(items)
+        if items is None:
+            self._lists.pop(name, None)
+        else:
+            self._lists[name] = list(items)
 
     # ----------------------------------------------------------------- inspection
 
@@ -436,8 +487,19 @@ class AmiSimulator:
         await self.push_many(messages)
 
     async def push_many(self, messages: Iterable[AmiMessage | bytes]) -> None:
-        """Send a batch in one write per session (each session gets what it subscribed to)."""
+        """Send a batch in one write per session (each session gets what it subscribed to).
+
+        Each message also goes into ``state``, whether any session listens or not;
+        raw bytes do not.
+        """
         batch = list(messages)
+        if self.state is not None:
+            for m in batch:
+                if isinstance(m, AmiMessage):
+                    self.state.apply(m)
+        await self._broadcast(batch)
+
+    async def _broadcast(self, batch: list[AmiMessage | bytes]) -> None:
         sends = []
         for client in self.clients:
             data = b"".join(
@@ -474,8 +536,14 @@ class AmiSimulator:
         speed: float | None = 1.0,
         *,
         retime: bool = False,
+        start: int = 0,
+        stop: int | None = None,
     ) -> int:
         """Send a capture's events (or any messages) to the listening sessions.
+
+        Only the messages ``[start:stop]`` of the source go (indexes into
+        ``Capture.replay_events``; ``Capture.index_at`` finds one by time), so a
+        test can replay a capture in parts with an outage in between.
 
         The pace follows the ``Timestamp`` deltas divided by ``speed``; with
         ``speed=None`` everything goes as fast as the clients read. Messages
@@ -490,9 +558,11 @@ class AmiSimulator:
             messages = load_capture(Path(source)).replay_events
         else:
             messages = source
+        if start or stop is not None:
+            messages = itertools.islice(messages, start, stop)
 
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        began = loop.time()
         first_ts: float | None = None
         batch: list[AmiMessage] = []
         sent = 0
@@ -501,7 +571,7 @@ class AmiSimulator:
             if speed is not None and ts is not None:
                 if first_ts is None:
                     first_ts = ts
-                wait = start + (ts - first_ts) / speed - loop.time()
+                wait = began + (ts - first_ts) / speed - loop.time()
                 if wait > 0:
                     # Everything due before this event goes out before the pause.
                     await self._flush(batch, retime)
@@ -662,7 +732,9 @@ class AmiSimulator:
             )
         await self._reply(client, out)
         if self.security_events:
-            await self.push(self._successful_auth(client, action))
+            # Not through push: the login is not PBX traffic, and its wall-clock
+            # Timestamp would move the state's clock away from a replayed capture's.
+            await self._broadcast([self._successful_auth(client, action)])
         await self._notify()
         return True
 
@@ -714,6 +786,8 @@ class AmiSimulator:
         list_name = self._list_name(name)
         if list_name is not None:
             return self._list_answer(action, list_name)
+        if key == "bridgeinfo" and self.state is not None:
+            return self._bridge_info(action)
         return [
             error(
                 action,
@@ -723,7 +797,10 @@ class AmiSimulator:
         ]
 
     def _list_answer(self, action: AmiMessage, name: str) -> list[AmiMessage]:
-        items = self._lists.get(name, [])
+        items = self._lists.get(name)
+        if items is None:
+            tracked = None if self.state is None else self.state.list_items(name)
+            items = [] if tracked is None else tracked
         if name == "Status" and action.get("Channel"):
             channel = action.get("Channel")
             items = [i for i in items if i.get("Channel") == channel]
@@ -739,6 +816,24 @@ class AmiSimulator:
                 if i.event != "QueueMember" or member in (i.get("Location"), i.get("Name"))
             ]
         return _list_reply(action, name, items)
+
+    def _bridge_info(self, action: AmiMessage) -> list[AmiMessage]:
+        assert self.state is not None
+        bid = action.get("BridgeUniqueid")
+        # The error texts of manager_bridge_info (main/manager_bridges.c).
+        if not bid:
+            return [error(action, "BridgeUniqueid must be provided")]
+        found = self.state.bridge_info(bid)
+        if found is None:
+            return [error(action, "Specified BridgeUniqueid not found")]
+        items, fields = found
+        return event_list(
+            action,
+            items,
+            complete_event="BridgeInfoComplete",
+            message="Bridge channel listing will follow",
+            complete_fields=fields,
+        )
 
     def _core_settings(self) -> list[tuple[str, str]]:
         return [
@@ -764,9 +859,15 @@ class AmiSimulator:
             ("CoreStartupTime", time.strftime("%H:%M:%S", boot)),
             ("CoreReloadDate", time.strftime("%Y-%m-%d", reload)),
             ("CoreReloadTime", time.strftime("%H:%M:%S", reload)),
-            ("CoreCurrentCalls", str(len(self._lists.get("CoreShowChannels", [])))),
+            ("CoreCurrentCalls", str(self._current_calls())),
             ("CoreProcessedCalls", "0"),
         ]
+
+    def _current_calls(self) -> int:
+        listed = self._lists.get("CoreShowChannels")
+        if listed is None and self.state is not None:
+            return len(self.state.channels)
+        return len(listed or [])
 
 
 def _retimed(msg: AmiMessage, stamp: str) -> AmiMessage:
