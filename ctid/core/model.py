@@ -158,6 +158,7 @@ class Part:
     consult_s: float = 0.0  # time spent in consultation before taking the customer over
     conference: bool = False
     left_at: float | None = None  # the agent's last channel hung up (the part may still settle)
+    left_unseen: str = ""  # why ctid, not Asterisk, closed it ("disconnected", "expired")
     last_pop: Mapping[str, Any] | None = None
 
 
@@ -310,6 +311,7 @@ class Model:
             )
             for uid, item in live.items():
                 self._resync_channel(uid, item, now, out)
+            self._infer_outage_transfers(now, out)
         members = [i for i in items if i.event == "QueueMember"]
         if members or any(i.event == "QueueStatusComplete" for i in items):
             self._resync_members(members, now, out)
@@ -322,6 +324,24 @@ class Model:
                         call, queue=item.get("Queue"), queued_at=now - wait
                     )
         return out
+
+    def _infer_outage_transfers(self, now: float, out: list[Effect]) -> None:
+        """An attended transfer that completed while the link was down.
+
+        Its AttendedTransfer event was lost; what remains is the consulting
+        agent gone, the consulted agent still there and the customer still
+        there: the customer was handed over.
+        """
+        for key in list(self.settling):
+            call_id, agent_id = key
+            call = self.calls.get(call_id)
+            if call is None or call.customer_uid not in self.channels:
+                continue
+            consults = [
+                p for p in self._parts_of_call(call_id) if p.why == "consult" and p.answered_at
+            ]
+            if consults and key in self.settling:
+                self._complete_consult(call_id, agent_id, now, out)
 
     def _resync_channel(self, uid: str, item: AmiMessage, now: float, out: list[Effect]) -> None:
         """Bring one channel Asterisk lists in line with the model (or add it)."""
@@ -858,9 +878,27 @@ class Model:
         call = self.calls.get(linkedid)
         if call is None or not self._first_time(call, "attended", msg):
             return
-        call = self.calls[call.id]
         threeway = msg.get("DestType") == "Threeway"
-        consults = [p for p in self._parts_of_call(call.id) if p.why == "consult"]
+        agent_id = (
+            transferer.agent
+            if transferer
+            else self.agent_of_device(msg.get("OrigTransfererChannel"))
+        )
+        fallback = _local_exten(msg.get("TransferTargetChannel"))
+        self._complete_consult(call.id, agent_id, now, out, threeway=threeway, fallback=fallback)
+
+    def _complete_consult(
+        self,
+        call_id: str,
+        transferer: str | None,
+        now: float,
+        out: list[Effect],
+        *,
+        threeway: bool = False,
+        fallback: str = "",
+    ) -> None:
+        """An attended transfer completed (or became a conference): hand the customer over."""
+        consults = [p for p in self._parts_of_call(call_id) if p.why == "consult"]
         for consult in consults:
             if consult.answered_at is None:
                 continue
@@ -874,27 +912,23 @@ class Model:
                 why="consult" if threeway else "transfer",
                 conference=threeway,
             )
-            self.parts[(call.id, part.agent)] = part
+            self.parts[(call_id, part.agent)] = part
             self._pop(part, "accepted", now, out)
         if threeway:
             # A three-way conference: the transferer stays in the call (README point 23).
             return
-        self.calls[call.id] = replace(call, transfers=call.transfers + 1)
+        call = self.calls[call_id]
+        self.calls[call_id] = replace(call, transfers=call.transfers + 1)
         target = next((p.agent for p in consults if p.answered_at is not None), "")
-        to = self._extension(target) if target else _local_exten(msg.get("TransferTargetChannel"))
-        agent_id = (
-            transferer.agent
-            if transferer
-            else self.agent_of_device(msg.get("OrigTransfererChannel"))
-        )
-        if agent_id is None:
+        to = (self._extension(target) if target else fallback) or "transfer"
+        if transferer is None:
             return
-        key = (call.id, agent_id)
+        key = (call_id, transferer)
         if key in self.parts:
-            self.parts[key] = replace(self.parts[key], transferred_to=to or "transfer")
+            self.parts[key] = replace(self.parts[key], transferred_to=to)
         elif key in self.settling:
             # The transferer's hangup came first; it was waiting for this.
-            self.settling[key] = replace(self.settling[key], transferred_to=to or "transfer")
+            self.settling[key] = replace(self.settling[key], transferred_to=to)
             self._settle_key(key, now, out)
 
     def _first_time(self, call: Call, kind: str, msg: AmiMessage) -> bool:
@@ -1160,7 +1194,7 @@ class Model:
             part = replace(
                 part, hold_s=part.hold_s + max(0.0, now - part.hold_since), hold_since=None
             )
-        part = replace(part, left_at=now)
+        part = replace(part, left_at=now, left_unseen=self._close_reason)
         agent = self.agents[part.agent]
         self.agents[part.agent] = replace(agent, parts=agent.parts - {part.call_id})
         call = self.calls[part.call_id]
@@ -1174,6 +1208,12 @@ class Model:
         ):
             self.settling[key] = part
             self._publish_snapshot(part.agent, now, out)
+            if any(p.why == "consult" and p.answered_at for p in self._parts_of_call(call.id)):
+                # The consulting agent hung up while its consultation was answered:
+                # that completes an attended transfer (how the captures' agents
+                # complete Atxfer). Normally AttendedTransfer came first; if it was
+                # lost (link down), this is the only sign of it.
+                self._complete_consult(call.id, part.agent, now, out)
             return
         self._close_part(part, now, out)
 
@@ -1241,8 +1281,9 @@ class Model:
         talk_s = max(0.0, ended - answered - part.hold_s) if answered is not None else 0.0
         number = self._customer_number(call, part)
         extra: dict[str, Any] = {"why": part.why}
-        if self._close_reason:
-            extra["closed_by"] = self._close_reason
+        closed_by = part.left_unseen or self._close_reason
+        if closed_by:
+            extra["closed_by"] = closed_by
         if part.consult_s:
             extra["consult_s"] = round(part.consult_s, 3)
         if part.conference:
@@ -1264,7 +1305,7 @@ class Model:
             hold_s=part.hold_s,
             outcome=outcome,
             transfer_to=part.transferred_to,
-            ended_while_disconnected=self._close_reason == "disconnected",
+            ended_while_disconnected=closed_by == "disconnected",
             extra=extra,
         )
         self.calls[call.id] = replace(
