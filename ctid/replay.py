@@ -3,10 +3,11 @@
 Time comes from the events' ``Timestamp`` header (``timestampevents = yes``).
 Unsolicited events are applied as the daemon applies them. The capture
 session's own answers to ``CoreShowChannels``, ``QueueStatus``, ``Status`` and
-``BridgeList`` (list items carry no ``Timestamp``: README point 18) are what the
-daemon's resync would have received at that moment, so the first complete
-answer of each is applied as a resync; later ones were the recording client's
-own (possibly filtered) queries and are not the whole truth.
+``BridgeList`` (list items carry no ``Timestamp``: README point 18), when they
+come right after the login, before any event of the PBX, are what the daemon's
+resync would have received then, and are applied as a resync. Later answers
+were the recording client's own queries (``QueueStatus Queue=backoffice`` in
+agent_pause_unpause), possibly filtered, and are not the whole truth.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ctid.core.ami import AmiMessage, AmiParser
 from ctid.core.effects import Effect, EmitCallback, Publish
 from ctid.core.model import Model
 from ctid.core.records import CallbackRecord
+
+# What Asterisk sends because we logged in (README point 2), not because of calls.
+LOGIN_EVENTS = frozenset({"FullyBooted", "SuccessfulAuth", "ChallengeSent"})
 
 # The "…Complete" event that ends each resync list answer.
 RESYNC_LISTS = {
@@ -53,6 +57,7 @@ class _Replayer:
         self.model = model
         self.lists: dict[str, list[AmiMessage]] = {}
         self.applied: set[str] = set()
+        self.live = False  # an event of the PBX (not of our login) has been applied
         self.now = 0.0
         self.callbacks: dict[str, CallbackRecord] = {}
 
@@ -67,6 +72,7 @@ class _Replayer:
         if is_unsolicited(msg):
             now = msg.timestamp if msg.timestamp is not None else self.now
             self.now = now
+            self.live = self.live or msg.event not in LOGIN_EVENTS
             # Time passes between events too (parts settle): the model's clock is
             # the events' own Timestamp.
             return [*self.model.tick(now), *self.model.apply(msg, now)]
@@ -78,7 +84,7 @@ class _Replayer:
         if kind is None:
             return []
         del self.lists[msg.action_id]
-        if kind in self.applied:
+        if kind in self.applied or self.live:
             return []
         self.applied.add(kind)
         return self.model.resync(items, self.now)

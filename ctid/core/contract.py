@@ -68,6 +68,10 @@ def activity_payload(rec: ActivityRecord, *, ts: float, seq: int) -> dict[str, A
         wrapup_code=rec.wrapup_code,
         transfer_to=rec.transfer_to,
         ended_while_disconnected=rec.ended_while_disconnected,
+        # How the agent came to the interaction (inbound, transfer, consult,
+        # outbound, internal) and what else is known (consult_s, closed_by…).
+        why=rec.extra.get("why", ""),
+        details={k: v for k, v in rec.extra.items() if k != "why"},
         seq=seq,
     )
 

@@ -343,6 +343,19 @@ class Model:
             if consults and key in self.settling:
                 self._complete_consult(call_id, agent_id, now, out)
 
+    def _backdate(self, uid: str, born: float) -> None:
+        """A channel found by a resync was born earlier than we saw it: say so in its records."""
+        chan = self.channels[uid]
+        self.channels[uid] = replace(chan, created_at=born)
+        call = self.calls.get(chan.linkedid)
+        if call is not None and call.started_at > born:
+            self.calls[call.id] = replace(call, started_at=born)
+        if chan.agent is not None:
+            key = (chan.linkedid, chan.agent)
+            part = self.parts.get(key)
+            if part is not None and part.offered_at > born:
+                self.parts[key] = replace(part, offered_at=born)
+
     def _resync_channel(self, uid: str, item: AmiMessage, now: float, out: list[Effect]) -> None:
         """Bring one channel Asterisk lists in line with the model (or add it)."""
         fields = {
@@ -359,16 +372,23 @@ class Model:
         when = now
         if new:
             # Created before we could see it: born Duration ago, in state Down, and
-            # then brought to its state. When it was answered is not known; its
-            # birth is the closest bound we have (a queue leg rings only briefly).
+            # then brought to its state now.
             when = now - _duration(item.get("Duration"))
             down = {**fields, "ChannelState": "0", "ChannelStateDesc": "Down"}
-            self._on_newchannel(AmiMessage.build({"Event": "Newchannel", **down}), when, out)
+            self._on_newchannel(AmiMessage.build({"Event": "Newchannel", **down}), now, out)
+            self._backdate(uid, when)
         chan = self.channels.get(uid)
         if chan is None:
             return
         if chan.state != _state_of(AmiMessage.build(fields)):
-            self._on_newstate(AmiMessage.build({"Event": "Newstate", **fields}), when, out)
+            self._on_newstate(AmiMessage.build({"Event": "Newstate", **fields}), now, out)
+            if new and chan.agent is not None:
+                # Answered before we could see it: its birth is the closest bound we
+                # have for the answer (a queue leg rings only briefly).
+                key = (chan.linkedid, chan.agent)
+                part = self.parts.get(key)
+                if part is not None and part.answered_at == now:
+                    self.parts[key] = replace(part, answered_at=when, first_answered_at=when)
         call = self.calls.get(chan.linkedid)
         if (
             call is not None
@@ -630,10 +650,11 @@ class Model:
             return
         call = self.calls.get(chan.linkedid)
         if call is not None and chan.uniqueid == call.customer_uid and chan.caller_num:
+            # On an outbound leg the "caller" name is our own caller ID as sent
+            # to the network (e.g. 'Agent 1001'), never the callee's name.
+            name = call.customer_name if call.direction == "outbound" else chan.caller_name
             self.calls[call.id] = replace(
-                call,
-                customer_raw=chan.caller_num,
-                customer_name=chan.caller_name or call.customer_name,
+                call, customer_raw=chan.caller_num, customer_name=name or call.customer_name
             )
 
     def _update_ids(self, msg: AmiMessage) -> Channel | None:
@@ -1308,9 +1329,10 @@ class Model:
             ended_while_disconnected=closed_by == "disconnected",
             extra=extra,
         )
-        self.calls[call.id] = replace(
-            call, talk_s=call.talk_s + talk_s, hold_s=call.hold_s + part.hold_s
-        )
+        if outcome != "consulted":
+            # A consultation is agent-to-agent talk: not the customer's talk time.
+            call = replace(call, talk_s=call.talk_s + talk_s, hold_s=call.hold_s + part.hold_s)
+            self.calls[call.id] = call
         if answered is None and part.last_pop is not None:
             # The agent was offered the call but did not take it (another agent
             # answered, ring-no-answer, the caller gave up): withdraw the pop.
