@@ -24,6 +24,7 @@ from ctid.adapters.bus import Bus
 from ctid.adapters.store import OutboxMessage, Store
 from ctid.config import Config
 from ctid.core import contract
+from ctid.core.agents import Link
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import (
     Effect,
@@ -35,7 +36,7 @@ from ctid.core.effects import (
     SavePresence,
     SendAction,
 )
-from ctid.core.model import Link, Model, ModelSettings, specs_from
+from ctid.core.model import Model, ModelSettings, specs_from
 from ctid.core.numbers import NumberNormalizer
 from ctid.errors import AmiError, BusError, StoreError
 from ctid.systemd import notify, watchdog_interval_s

@@ -35,9 +35,10 @@ from typing import Literal
 
 from hypothesis import strategies as st
 
+from ctid.core.agents import Phone
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import Effect, EmitActivity, EmitCall, Publish
-from ctid.core.model import AgentSpec, Model, ModelSettings, Phone
+from ctid.core.model import AgentSpec, Model, ModelSettings
 from ctid.core.numbers import NumberNormalizer
 from ctid.core.records import ActivityRecord, CallRecord
 from ctid.sim.capture import load_capture

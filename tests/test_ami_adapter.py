@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 
 from ctid.adapters.ami import ActionSender, AmiClient
 from ctid.config import AmiConfig
+from ctid.core.agents import Link
 from ctid.core.ami import AmiMessage, UnsafeActionError
-from ctid.core.model import Link
 from ctid.errors import AmiActionFailedError, AmiActionTimeoutError, AmiNotConnectedError
 from ctid.sim.server import AmiSimulator, success_handler
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from ctid.core.agents import Presence
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import Effect, EmitActivity, EmitCall, Publish, SendAction
-from ctid.core.model import AgentSpec, Model, ModelSettings, Presence
+from ctid.core.model import AgentSpec, Model, ModelSettings
 from ctid.core.numbers import NumberNormalizer
 from ctid.replay import capture_messages, is_unsolicited
 

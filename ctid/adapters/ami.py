@@ -43,6 +43,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from ctid.config import AmiConfig
+from ctid.core.agents import Link
 from ctid.core.ami import (
     AmiMessage,
     AmiParser,
@@ -50,7 +51,6 @@ from ctid.core.ami import (
     check_action_name,
     check_field,
 )
-from ctid.core.model import Link
 from ctid.errors import (
     AmiActionFailedError,
     AmiActionTimeoutError,

@@ -26,10 +26,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 from ctid.core import contract
+from ctid.core.agents import (
+    WRAPUP_REASON,
+    Link,
+    Phone,
+    Presence,
+    channel_phone,
+    phone_of,
+    presence_of,
+)
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import (
     Effect,
@@ -43,31 +51,6 @@ from ctid.core.effects import (
 )
 from ctid.core.numbers import Number, NumberNormalizer
 from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
-
-
-class Presence(StrEnum):
-    LOGGED_OUT = "logged_out"
-    READY = "ready"
-    NOT_READY = "not_ready"
-    WRAP_UP = "wrap_up"
-
-
-class Phone(StrEnum):
-    IDLE = "idle"
-    RINGING = "ringing"
-    DIALING = "dialing"
-    TALKING = "talking"
-    HELD = "held"
-
-
-WRAPUP_REASON = "wrap-up"
-
-
-class Link(StrEnum):
-    UP = "up"
-    DOWN = "down"
-    RECONNECTING = "reconnecting"
-
 
 # ChannelState numbers from Asterisk's ast_channel_state (channelstate.h).
 _STATE_NAMES = {
@@ -88,6 +71,86 @@ _DIAL_FAILURES = {
     "CONGESTION": "failed",
     "CHANUNAVAIL": "failed",
     "CANCEL": "missed",
+}
+
+
+# The call model's transitions, one line per AMI event: what it does to legs,
+# interactions and agent parts. Agents' presence and phone rules: ctid/core/agents.py.
+# An event not listed here changes nothing (Cdr, Newexten, RTCP…).
+CALL_TRANSITIONS: dict[str, tuple[str, str]] = {
+    "Newchannel": (
+        "_on_newchannel",
+        "a leg appears; the first opens the interaction (a customer's: inbound; an agent's: "
+        "internal, outbound once a customer leg joins); an agent's leg opens its part",
+    ),
+    "Newstate": (
+        "_on_newstate",
+        "an agent leg ringing → part alerting (pop); up → accepted (pop); the customer "
+        "leg of a click to dial up → the agent's talk starts",
+    ),
+    "NewCallerid": (
+        "_on_newcallerid",
+        "caller id of a leg changed (the customer's number and name follow)",
+    ),
+    "NewConnectedLine": ("_on_newcallerid", "as NewCallerid"),
+    "DialBegin": (
+        "_on_dial_begin",
+        "a leg dials another; an agent dialling a customer shows the outbound pop",
+    ),
+    "DialEnd": (
+        "_on_dial_end",
+        "the fate of a dialled customer leg (first status kept; DialEnd repeats: README 15)",
+    ),
+    "Hangup": (
+        "_on_hangup",
+        "a leg ends; an agent's last leg → its part ends (or settles while the customer "
+        "stays); the last leg → the interaction ends",
+    ),
+    "BridgeEnter": ("_on_bridge_enter", "a leg joins a bridge (talking needs a bridge partner)"),
+    "BridgeLeave": ("_on_bridge_leave", "a leg leaves a bridge"),
+    "Hold": ("_on_hold", "the agent's leg holds (handset or PBX feature: README 13)"),
+    "Unhold": ("_on_unhold", "the agent's leg resumes"),
+    "MusicOnHoldStart": (
+        "_on_moh_start",
+        "music for a bridged customer = a hold by its agent (IAX2 has no Hold: README 13)",
+    ),
+    "MusicOnHoldStop": ("_on_moh_stop", "end of that hold"),
+    "QueueCallerJoin": (
+        "_on_queue_join",
+        "the customer waits in a queue (a re-join after a transfer restarts the wait: README 21)",
+    ),
+    "QueueCallerAbandon": ("_on_queue_abandon", "the customer gave up waiting"),
+    "AgentCalled": ("_on_agent_called", "the queue rings an agent: the part's queue"),
+    "AgentConnect": ("_on_agent_connect", "the queue connected an agent: the customer's wait ends"),
+    "BlindTransfer": ("_on_blind_transfer", "the transferer's part is transferred (README 9)"),
+    "AttendedTransfer": (
+        "_on_attended_transfer",
+        "a consultation completes: the consulted agent takes the customer, or a "
+        "three-way conference starts (DestType: README 23)",
+    ),
+    "VarSet": (
+        "_on_varset",
+        "channel variables with the configured prefix are the IVR's attached data",
+    ),
+    "QueueMemberStatus": (
+        "_on_member",
+        "an agent's membership and pause in one queue (presence: agents.py)",
+    ),
+    "QueueMemberAdded": ("_on_member", "as QueueMemberStatus"),
+    "QueueMemberPause": ("_on_member", "as QueueMemberStatus"),
+    "QueueMemberRemoved": ("_on_member_removed", "the agent left a queue"),
+    "FullyBooted": (
+        "_on_fully_booted",
+        "Asterisk's boot time: a later one means it restarted and forgot pause reasons",
+    ),
+    "OriginateResponse": (
+        "_on_originate_response",
+        "names the number of a click to dial whose agent leg never answered (README 14)",
+    ),
+    "UserEvent": (
+        "_on_user_event",
+        "CallbackRequest from the IVR → a callback in the general inbox",
+    ),
 }
 
 
@@ -236,33 +299,7 @@ class Model:
         self.boot_time: float | None = None  # when Asterisk started (FullyBooted Uptime)
         self.pbx_restarted = False
         self._handlers = {
-            "Newchannel": self._on_newchannel,
-            "Newstate": self._on_newstate,
-            "NewCallerid": self._on_newcallerid,
-            "NewConnectedLine": self._on_newcallerid,
-            "DialBegin": self._on_dial_begin,
-            "DialEnd": self._on_dial_end,
-            "Hangup": self._on_hangup,
-            "BridgeEnter": self._on_bridge_enter,
-            "BridgeLeave": self._on_bridge_leave,
-            "Hold": self._on_hold,
-            "Unhold": self._on_unhold,
-            "MusicOnHoldStart": self._on_moh_start,
-            "MusicOnHoldStop": self._on_moh_stop,
-            "QueueCallerJoin": self._on_queue_join,
-            "QueueCallerAbandon": self._on_queue_abandon,
-            "AgentCalled": self._on_agent_called,
-            "AgentConnect": self._on_agent_connect,
-            "BlindTransfer": self._on_blind_transfer,
-            "AttendedTransfer": self._on_attended_transfer,
-            "VarSet": self._on_varset,
-            "QueueMemberStatus": self._on_member,
-            "QueueMemberAdded": self._on_member,
-            "QueueMemberPause": self._on_member,
-            "QueueMemberRemoved": self._on_member_removed,
-            "FullyBooted": self._on_fully_booted,
-            "OriginateResponse": self._on_originate_response,
-            "UserEvent": self._on_user_event,
+            event: getattr(self, handler) for event, (handler, _) in CALL_TRANSITIONS.items()
         }
 
     # ------------------------------------------------------------------ entry points
@@ -1419,28 +1456,16 @@ class Model:
         return [p for (_, a), p in self.parts.items() if a == agent_id]
 
     def _phone_of(self, agent_id: str) -> Phone:
-        states: set[Phone] = set()
-        for part in self._parts_of_agent(agent_id):
-            for uid in part.channels:
-                chan = self.channels.get(uid)
-                if chan is None:
-                    continue
-                states.add(self._channel_phone(chan, part))
-        for phone in (Phone.TALKING, Phone.HELD, Phone.DIALING, Phone.RINGING):
-            if phone in states:
-                return phone
-        return Phone.IDLE
-
-    def _channel_phone(self, chan: Channel, part: Part) -> Phone:
-        if chan.state == "up":
-            if chan.held or part.hold_since is not None:
-                return Phone.HELD
-            if part.originator and part.answered_at is None:
-                return Phone.DIALING
-            return Phone.TALKING
-        if chan.state in ("ring", "ringing"):
-            return Phone.RINGING
-        return Phone.IDLE
+        return phone_of(
+            channel_phone(
+                state=chan.state,
+                held=chan.held or part.hold_since is not None,
+                calling_out=part.originator and part.answered_at is None,
+            )
+            for part in self._parts_of_agent(agent_id)
+            for chan in (self.channels.get(uid) for uid in part.channels)
+            if chan is not None
+        )
 
     def _call_update(self, part: Part, state: str, now: float, out: list[Effect]) -> None:
         call = self.calls.get(part.call_id)
@@ -1533,25 +1558,6 @@ def device_of(channel: str) -> str:
     if dash and tail and all(c in "0123456789abcdefABCDEF" for c in tail):
         return f"{tech}/{head}"
     return name
-
-
-def presence_of(queues: Mapping[str, tuple[bool, str]]) -> tuple[Presence, str]:
-    """An agent's presence from its queue memberships.
-
-    No membership: logged out. Paused in any queue: not ready, with that pause's
-    reason (the captures' truth counts a pause in one queue as a pause; the
-    per-queue detail is published beside it). A pause with reason ``wrap-up``
-    is the wrap-up ctid itself started.
-    """
-    if not queues:
-        return Presence.LOGGED_OUT, ""
-    paused = [reason for paused, reason in queues.values() if paused]
-    if paused:
-        reason = paused[-1]
-        if reason.lower() in ("wrap-up", "wrapup"):
-            return Presence.WRAP_UP, reason
-        return Presence.NOT_READY, reason
-    return Presence.READY, ""
 
 
 # Q.850 causes on the customer's leg that say the call could not be placed at
