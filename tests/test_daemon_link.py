@@ -7,12 +7,14 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ctid.adapters.store import OutboxMessage, Store
+from ctid.core.ami import AmiMessage
 from ctid.core.records import ActivityRecord
 from ctid.sim.server import AmiSimulator
 from tests.broker import MosquittoBroker
@@ -177,3 +179,46 @@ def _activity(interaction: str) -> ActivityRecord:
         answered_at=1795308165.0,
         ended_at=1795308168.0,
     )
+
+
+async def test_not_ready_reason_survives_a_pbx_restart(mosquitto: MosquittoBroker) -> None:
+    """Asterisk restarts and forgets that alice was paused for Lunch: ctid pauses her again.
+
+    The reason was learnt from the PBX (QueueMemberPause), stored in SQLite,
+    and is re-applied with QueuePause after the reconnect sees a fresh boot
+    (FullyBooted with a low Uptime) and alice unpaused.
+    """
+    async with AmiSimulator(secret=SECRET, uptime=7200) as sim, mosquitto.client("alice") as alice:
+        sim.set_list("QueueStatus", [queue_member("PJSIP/1001", "support")])
+        await alice.subscribe("ctid/v1/agents/alice/state", qos=1)
+        async with running_daemon(daemon_config(mosquitto, sim), sim) as daemon:
+            await sim.push(
+                AmiMessage.build(
+                    [
+                        ("Event", "QueueMemberPause"),
+                        ("Privilege", "agent,all"),
+                        ("Timestamp", f"{time.time():.6f}"),
+                        ("Queue", "support"),
+                        ("Interface", "PJSIP/1001"),
+                        ("StateInterface", "PJSIP/1001"),
+                        ("Paused", "1"),
+                        ("PausedReason", "Lunch"),
+                    ]
+                )
+            )
+            state = await next_matching(alice, lambda t, p: p["presence"] == "not_ready")
+            assert state["reason"] == "Lunch"
+            # Asterisk restarts: it comes back with alice as an unpaused static member.
+            await sim.stop_accepting()
+            sim.uptime = 3
+            await sim.start_accepting()
+            pause = await sim.wait_for_action("QueuePause", timeout=15)
+            assert (pause.get("Interface"), pause.get("Paused"), pause.get("Reason")) == (
+                "PJSIP/1001",
+                "true",
+                "Lunch",
+            )
+            assert daemon.model.agents["alice"].reason == "Lunch"
+    async with Store.open(mosquitto.config.store) as store:
+        presence, reason, _ = (await store.load_presences())["alice"]
+    assert (presence, reason) == ("not_ready", "Lunch")
