@@ -99,6 +99,31 @@ class CallsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DialplanConfig:
+    """Where ctid's actions send calls (the contexts of config/asterisk/extensions_ctid.conf)."""
+
+    dial_context: str = "ctid-outbound"  # click to dial: external numbers
+    internal_context: str = "ctid-internal"  # agents' extensions and queues (transfer, consult)
+    hold_context: str = "ctid-hold"  # where a held customer hears music
+    hold_agent_context: str = "ctid-hold-agent"  # where the agent waits meanwhile
+    dial_timeout_s: float = 30.0  # how long the agent's own phone rings for a click to dial
+    caller_id: str = ""  # caller id of click to dial ("" = the endpoint's own)
+    threeway_dtmf: str = (
+        "*3"  # features.conf atxferthreeway: turns a consultation into a conference
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """Agent commands over MQTT."""
+
+    rate_per_minute: int = 120  # per agent, sustained
+    burst: int = 20  # per agent, at once
+    history_limit: int = 20  # `history`: the agent's last N interactions
+    replay_window: int = 1000  # `replay`: at most this many missed messages re-sent
+
+
+@dataclass(frozen=True, slots=True)
 class ReasonConfig:
     code: str
     label: str
@@ -129,6 +154,8 @@ class Config:
     numbers: NumbersConfig = NumbersConfig()
     calls: CallsConfig = CallsConfig()
     log: LogConfig = LogConfig()
+    dialplan: DialplanConfig = DialplanConfig()
+    commands: CommandsConfig = CommandsConfig()
     reasons: tuple[ReasonConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = ()
     source: Path | None = None
@@ -140,7 +167,7 @@ _T = TypeVar("_T")
 # A validator: takes the dotted key and the raw TOML value, returns the typed value.
 _Check = Callable[[str, object], _T]
 
-_SECTIONS = ("ami", "mqtt", "store", "numbers", "calls", "log")
+_SECTIONS = ("ami", "mqtt", "store", "numbers", "calls", "log", "dialplan", "commands")
 _ARRAYS = ("reasons", "agents")
 
 # C0 and C1 control characters. None of them belongs in a configured string, and CR/LF
@@ -541,6 +568,44 @@ def _calls(value: object) -> CallsConfig:
     )
 
 
+_CONTEXT = re.compile(r"[A-Za-z0-9_-]{1,79}")
+_DTMF = re.compile(r"[0-9*#A-D]{1,8}")
+_CALLER_ID = re.compile(r"[^\x00-\x1f\x7f]{0,80}")
+
+
+def _dialplan(value: object) -> DialplanConfig:
+    d = DialplanConfig()
+    t = _Table("dialplan", value, _fields(DialplanConfig), "a table [dialplan]")
+    context = _text(_CONTEXT, "a dialplan context name: letters, digits, _ and - (1-79)")
+    return DialplanConfig(
+        dial_context=t.get("dial_context", d.dial_context, context),
+        internal_context=t.get("internal_context", d.internal_context, context),
+        hold_context=t.get("hold_context", d.hold_context, context),
+        hold_agent_context=t.get("hold_agent_context", d.hold_agent_context, context),
+        dial_timeout_s=t.get("dial_timeout_s", d.dial_timeout_s, _seconds(most=600.0)),
+        # It reaches AMI as a header value: no control characters (CR/LF) ever.
+        caller_id=t.get(
+            "caller_id",
+            d.caller_id,
+            _text(_CALLER_ID, "a caller id like '\"Sales\" <+4930123456>'"),
+        ),
+        threeway_dtmf=t.get(
+            "threeway_dtmf", d.threeway_dtmf, _text(_DTMF, 'DTMF digits like "*3"')
+        ),
+    )
+
+
+def _commands(value: object) -> CommandsConfig:
+    d = CommandsConfig()
+    t = _Table("commands", value, _fields(CommandsConfig), "a table [commands]")
+    return CommandsConfig(
+        rate_per_minute=t.get("rate_per_minute", d.rate_per_minute, _int(1, 100_000)),
+        burst=t.get("burst", d.burst, _int(1, 10_000)),
+        history_limit=t.get("history_limit", d.history_limit, _int(1, 1000)),
+        replay_window=t.get("replay_window", d.replay_window, _int(1, 1_000_000)),
+    )
+
+
 def _log(value: object) -> LogConfig:
     d = LogConfig()
     t = _Table("log", value, _fields(LogConfig), "a table [log]")
@@ -703,6 +768,8 @@ def config_from_mapping(
         numbers=numbers,
         calls=_calls(data.get("calls", {})),
         log=_log(data.get("log", {})),
+        dialplan=_dialplan(data.get("dialplan", {})),
+        commands=_commands(data.get("commands", {})),
         reasons=_reasons(data.get("reasons", [])),
         agents=_agents(data.get("agents", []), base_dir, numbers, mqtt),
         source=source,

@@ -347,10 +347,25 @@ ERRORS = [
         'log.level: expected one of "debug", "info", "warning", "error", got "warn"',
     ),
     ('[log]\nformat = "xml"', 'log.format: expected one of "json", "console", "auto", got "xml"'),
+    (
+        '[dialplan]\ndial_context = "out bound"',
+        "dialplan.dial_context: expected a dialplan context name: letters, digits, _ and - "
+        '(1-79), got "out bound"',
+    ),
+    (
+        '[dialplan]\ncaller_id = "Sales\\r\\nAction: Command"',
+        "dialplan.caller_id: expected a caller id like '\"Sales\" <+4930123456>', "
+        'got "Sales\\r\\nAction: Command"',
+    ),
+    (
+        '[dialplan]\nthreeway_dtmf = "x"',
+        'dialplan.threeway_dtmf: expected DTMF digits like "*3", got "x"',
+    ),
+    ("[commands]\nburst = 0", "commands.burst: expected an integer 1-10000, got 0"),
     ("[amii]", 'amii: unknown section (did you mean "ami"?)'),
     (
         "[amqp]",
-        "amqp: unknown section (known: ami, mqtt, store, numbers, calls, log, reasons, agents)",
+        "amqp: unknown section (known: ami, mqtt, store, numbers, calls, log, dialplan, commands, reasons, agents)",
     ),
     ("[agent]", 'agent: unknown section (did you mean "agents"?)'),
     ("[agents]", "agents: expected an array of tables [[agents]], got a table"),
