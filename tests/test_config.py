@@ -365,7 +365,8 @@ ERRORS = [
     ("[amii]", 'amii: unknown section (did you mean "ami"?)'),
     (
         "[amqp]",
-        "amqp: unknown section (known: ami, mqtt, store, numbers, calls, log, dialplan, commands, reasons, agents)",
+        "amqp: unknown section (known: ami, mqtt, store, numbers, calls, log, dialplan, "
+        "commands, reasons, agents)",
     ),
     ("[agent]", 'agent: unknown section (did you mean "agents"?)'),
     ("[agents]", "agents: expected an array of tables [[agents]], got a table"),
