@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ from ctid import __version__
 from ctid.adapters.ami import ActionSender, AmiClient
 from ctid.adapters.bus import Bus
 from ctid.adapters.store import OutboxMessage, Store
+from ctid.agent_commands import CommandExecutor
 from ctid.config import Config
 from ctid.core import contract
 from ctid.core.agents import Link
@@ -95,9 +96,20 @@ class Daemon:
         self.config = config
         self.model = build_model(config)
         self.ami = AmiClient(config.ami, on_connected=self._resync)
+        self.commands = CommandExecutor(
+            config,
+            self.model,
+            send=self.ami.send,
+            emit=self._emit,
+            history=_StoreHistory(self),
+        )
+        self._command_locks: dict[str, asyncio.Lock] = {}
+        self._command_tasks: set[asyncio.Task[None]] = set()
         self.bus = Bus(
             config.mqtt,
             password=config.mqtt.password,
+            subscriptions=("v1/agents/+/cmd",),
+            on_message=self._on_command,
             will_payload=contract.status_payload(
                 ts=time.time(), pbx="down", broker="down", version=__version__, daemon="offline"
             ),
@@ -230,6 +242,35 @@ class Daemon:
             await self.ami.send(effect.action, effect.fields)
         except AmiError as exc:
             log.warning("ami.action_failed", action=effect.action, error=str(exc))
+
+    # ---------------------------------------------------------------- agents' commands
+
+    async def _on_command(self, topic: str, payload: bytes, retained: bool) -> None:
+        parts = topic.split("/")
+        agent = parts[-2] if len(parts) >= 2 else ""
+        if retained:
+            # A retained command would be replayed at every reconnect: never act on
+            # one (the broker ACL lets an agent publish retained to its own cmd).
+            log.warning("command.retained_ignored", agent=agent)
+            return
+        if not self.commands.knows(agent):
+            log.warning("command.unknown_agent", topic=topic)
+            return
+        # One command at a time per agent (their replies in order), agents in parallel.
+        task = asyncio.get_running_loop().create_task(
+            self._run_command(agent, payload), name=f"ctid.command.{agent}"
+        )
+        self._command_tasks.add(task)
+        task.add_done_callback(self._command_tasks.discard)
+
+    async def _run_command(self, agent: str, payload: bytes) -> None:
+        lock = self._command_locks.setdefault(agent, asyncio.Lock())
+        async with lock:
+            reply = await self.commands.handle(agent, payload)
+        try:
+            await self.bus.publish(contract.agent_topic(agent, "reply"), reply, qos=1)
+        except BusError as exc:
+            log.warning("command.reply_lost", agent=agent, error=str(exc))
 
     # ---------------------------------------------------------------- MQTT and SQLite side
 
@@ -387,6 +428,38 @@ class Daemon:
             # Through the event queue, so the model stays owned by one task.
             self.ami.events.put_nowait((Tick(), time.time()))
             await asyncio.sleep(0.5)
+
+
+class _StoreHistory:
+    """What the ``history``, ``notes`` and ``select`` commands need from SQLite."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def recent(self, agent: str, limit: int) -> list[dict[str, Any]]:
+        store = self._daemon._store
+        if store is None:
+            return []
+        rows = await store.recent_interactions(agent, limit)
+        return [contract.activity_payload(r, ts=r.ended_at, seq=0) for r in rows]
+
+    async def annotate(
+        self, interaction: str, agent: str, notes: str | None, record: str | None
+    ) -> bool:
+        """Update the agent's stored activity of ``interaction`` and publish it again."""
+        store = self._daemon._store
+        if store is None:
+            return False
+        rows = await store.list_activities(interaction_id=interaction, agent=agent)
+        if not rows:
+            return False
+        latest = rows[-1]
+        if notes is not None:
+            latest = replace(latest, notes=f"{latest.notes}\n{notes}" if latest.notes else notes)
+        if record is not None:
+            latest = replace(latest, customer_record=record)
+        self._daemon._emit(self._daemon.model.republish_activity(latest, time.time()))
+        return True
 
 
 def _outbox(messages: tuple[Publish, ...]) -> list[OutboxMessage]:

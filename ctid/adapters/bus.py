@@ -30,7 +30,7 @@ from ctid.errors import BusError
 
 log = structlog.get_logger("ctid.bus")
 
-MessageHandler = Callable[[str, bytes], Awaitable[None]]
+MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]  # topic, payload, retained
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
@@ -131,7 +131,7 @@ class Bus:
         async for message in client.messages:
             if self._on_message is not None:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
-                await self._on_message(message.topic.value, payload)
+                await self._on_message(message.topic.value, payload, bool(message.retain))
 
     async def _republish_retained(self, client: aiomqtt.Client) -> None:
         for topic, payload in list(self._retained.items()):

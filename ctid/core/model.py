@@ -222,6 +222,8 @@ class Part:
     conference: bool = False
     left_at: float | None = None  # the agent's last channel hung up (the part may still settle)
     left_unseen: str = ""  # why ctid, not Asterisk, closed it ("disconnected", "expired")
+    notes: str = ""  # the agent's notes (command ``notes``)
+    customer_record: str = ""  # the directory record the agent chose (command ``select``)
     last_pop: Mapping[str, Any] | None = None
 
 
@@ -1118,6 +1120,62 @@ class Model:
         self.agents[record.agent] = replace(agent, wrapup_activity=record)
         return record
 
+    def part_of(self, interaction: str, agent_id: str) -> Part | None:
+        """The agent's open part in an interaction (its own calls only: the command guard)."""
+        return self.parts.get((interaction, agent_id))
+
+    def annotate(
+        self,
+        interaction: str,
+        agent_id: str,
+        now: float,
+        *,
+        notes: str | None = None,
+        record: str | None = None,
+    ) -> list[Effect] | None:
+        """Add the agent's notes or chosen record to its part of an interaction.
+
+        An open (or settling) part keeps them for its activity. A part whose
+        activity is already out but still in wrap-up gets the activity published
+        again. Returns ``None`` when the model no longer holds the part (the
+        caller updates the stored activity instead).
+        """
+        key = (interaction, agent_id)
+
+        def updated(part: Part) -> Part:
+            if notes is not None:
+                part = replace(part, notes=f"{part.notes}\n{notes}" if part.notes else notes)
+            if record is not None:
+                part = replace(part, customer_record=record)
+            return part
+
+        if key in self.parts:
+            self.parts[key] = updated(self.parts[key])
+            return []
+        if key in self.settling:
+            self.settling[key] = updated(self.settling[key])
+            return []
+        agent = self.agents.get(agent_id)
+        activity = agent.wrapup_activity if agent is not None else None
+        if agent is not None and activity is not None and activity.interaction_id == interaction:
+            if notes is not None:
+                joined = f"{activity.notes}\n{notes}" if activity.notes else notes
+                activity = replace(activity, notes=joined)
+            if record is not None:
+                activity = replace(activity, customer_record=record)
+            self.agents[agent_id] = replace(agent, wrapup_activity=activity)
+            out: list[Effect] = []
+            self._emit_activity(activity, now, out)
+            return out
+        return None
+
+    def republish_activity(self, record: ActivityRecord, now: float) -> list[Effect]:
+        """Publish a stored activity again after it changed (same id, next seq)."""
+        out: list[Effect] = []
+        if record.agent in self.agents:
+            self._emit_activity(record, now, out)
+        return out
+
     def end_wrapup(
         self, agent_id: str, now: float, *, code: str = "", notes: str = ""
     ) -> list[Effect]:
@@ -1363,6 +1421,8 @@ class Model:
             hold_s=part.hold_s,
             outcome=outcome,
             transfer_to=part.transferred_to,
+            notes=part.notes,
+            customer_record=part.customer_record,
             ended_while_disconnected=closed_by == "disconnected",
             extra=extra,
         )
