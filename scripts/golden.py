@@ -83,6 +83,12 @@ def describe(p: dict[str, Any], t0: float) -> str:
         return f"{p['inbox']}: " + "; ".join(
             f"{i['number']['raw']} {i['reason']} {i['queue']}" for i in p["items"]
         )
+    if kind == "queue_state":
+        a = p["agents"]
+        return (
+            f"waiting={p['waiting']} longest={p['longest_wait_s']}"
+            f" ready={a['ready']} busy={a['busy']} paused={a['paused']}"
+        )
     if kind == "snapshot":
         return f"open: {[i['interaction_id'] for i in p['interactions']]}"
     return f"pbx={p.get('pbx')} daemon={p.get('daemon')}"

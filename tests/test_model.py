@@ -194,3 +194,31 @@ def test_every_message_is_versioned_and_typed() -> None:
             assert pub.payload["v"] == 1
             assert pub.payload["type"]
             assert pub.topic.startswith("v1/")
+
+
+def queue_states(effects: list[Effect], queue: str) -> list[dict[str, object]]:
+    return [
+        e.payload
+        for e in effects
+        if isinstance(e, Publish) and e.topic == f"v1/queues/{queue}/state"
+    ]
+
+
+def test_queue_state_follows_callers_and_agents() -> None:
+    """support's retained state: the caller waits, 1001 rings then talks, all idle at the end."""
+    effects = [e for _, e in feed(model(), events("inbound_answered"))]
+    states = queue_states(effects, "support")
+    shown = [(s["waiting"], s["agents"]) for s in states]
+    assert shown[0] == (1, {"ready": 0, "busy": 0, "paused": 0})  # members not known yet
+    assert (0, {"ready": 0, "busy": 1, "paused": 0}) in shown  # answered: 1001 talks
+    assert shown[-1] == (0, {"ready": 1, "busy": 0, "paused": 0})
+    assert all(s["longest_wait_s"] >= 0 for s in states)  # type: ignore[operator]
+
+
+def test_a_lost_queue_leave_does_not_leave_a_ghost_caller() -> None:
+    """Without its QueueCallerLeave, the caller stops counting when its call ends."""
+    msgs = [e for e in events("inbound_answered") if e.event != "QueueCallerLeave"]
+    m = model()
+    effects = [e for _, e in feed(m, msgs)]
+    assert queue_states(effects, "support")[-1]["waiting"] == 0
+    assert m.waiting == {"support": {}}

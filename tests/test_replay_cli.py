@@ -54,6 +54,7 @@ def test_replay_prints_json_lines(capture: Path) -> None:
             "activity",
             "call_record",
             "inbox",
+            "queue_state",
         }
         assert msg["qos"] in (0, 1)
         assert isinstance(msg["retain"], bool)

@@ -119,6 +119,10 @@ CALL_TRANSITIONS: dict[str, tuple[str, str]] = {
         "_on_queue_join",
         "the customer waits in a queue (a re-join after a transfer restarts the wait: README 21)",
     ),
+    "QueueCallerLeave": (
+        "_on_queue_leave",
+        "the customer stopped waiting (answered, abandoned or moved on)",
+    ),
     "QueueCallerAbandon": ("_on_queue_abandon", "the customer gave up waiting"),
     "AgentCalled": ("_on_agent_called", "the queue rings an agent: the part's queue"),
     "AgentConnect": ("_on_agent_connect", "the queue connected an agent: the customer's wait ends"),
@@ -292,6 +296,9 @@ class Model:
             spec.id: Agent(id=spec.id, devices=spec.devices, limit=spec.limit)
             for spec in settings.agents
         }
+        # Callers waiting per queue: queue -> {Linkedid: joined at}.
+        self.waiting: dict[str, dict[str, float]] = {}
+        self._queue_published: dict[str, tuple[Any, ...]] = {}
         self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
         self._extensions = {spec.id: spec.extension for spec in settings.agents}
         self._part_counter: dict[tuple[str, str], int] = {}
@@ -354,14 +361,23 @@ class Model:
         members = [i for i in items if i.event == "QueueMember"]
         if members or any(i.event == "QueueStatusComplete" for i in items):
             self._resync_members(members, now, out)
-        for item in items:
-            if item.event == "QueueEntry":
-                call = self.calls.get(item.get("Linkedid") or item.get("Uniqueid"))
+        if any(i.event == "QueueStatusComplete" for i in items):
+            # Who waits where now is in the QueueEntry items (README point 17).
+            before = set(self.waiting)
+            self.waiting = {}
+            for item in items:
+                if item.event != "QueueEntry":
+                    continue
+                linkedid = item.get("Linkedid") or item.get("Uniqueid")
+                wait = _float(item.get("Wait"))
+                self.waiting.setdefault(item.get("Queue"), {})[linkedid] = now - wait
+                call = self.calls.get(linkedid)
                 if call is not None and not call.queue:
-                    wait = _float(item.get("Wait"))
                     self.calls[call.id] = replace(
-                        call, queue=item.get("Queue"), queued_at=now - wait
+                        call, queue=item.get("Queue"), queued_at=now - wait, offered=True
                     )
+            for queue in sorted(before | set(self.waiting)):
+                self._publish_queue(queue, now, out)
         return out
 
     def _infer_outage_transfers(self, now: float, out: list[Effect]) -> None:
@@ -875,6 +891,47 @@ class Model:
             # again (README point 21); its wait counts from the re-join.
             call = replace(call, queued_at=now)
         self.calls[call.id] = call
+        queue = msg.get("Queue")
+        self.waiting.setdefault(queue, {})[call.id] = now
+        self._publish_queue(queue, now, out)
+
+    def _on_queue_leave(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
+        queue = msg.get("Queue")
+        linkedid = msg.get("Linkedid") or msg.get("Uniqueid")
+        if self.waiting.get(queue, {}).pop(linkedid, None) is not None:
+            self._publish_queue(queue, now, out)
+
+    def _publish_queue(self, queue: str, now: float, out: list[Effect]) -> None:
+        """``v1/queues/{queue}/state`` (retained), when what it shows has changed."""
+        if not queue:
+            return
+        waiting = self.waiting.get(queue, {})
+        ready = busy = paused = 0
+        for agent in self.agents.values():
+            membership = agent.queues.get(queue)
+            if membership is None:
+                continue
+            if membership[0]:
+                paused += 1
+            elif agent.phone == Phone.IDLE and agent.presence == Presence.READY:
+                ready += 1
+            else:
+                busy += 1
+        oldest = min(waiting.values(), default=None)
+        key = (len(waiting), oldest, ready, busy, paused)
+        if self._queue_published.get(queue) == key:
+            return
+        self._queue_published[queue] = key
+        payload = contract.envelope(
+            "queue_state",
+            now,
+            queue=queue,
+            waiting=len(waiting),
+            longest_wait_since=contract.iso(oldest),
+            longest_wait_s=round(now - oldest, 3) if oldest is not None else 0.0,
+            agents={"ready": ready, "busy": busy, "paused": paused},
+        )
+        out.append(Publish(f"v1/queues/{queue}/state", payload, retain=True, qos=1))
 
     def _on_queue_abandon(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
         call = self.calls.get(msg.get("Linkedid"))
@@ -1046,6 +1103,7 @@ class Model:
         self, agent: Agent, queues: dict[str, tuple[bool, str]], now: float, out: list[Effect]
     ) -> None:
         presence, reason = presence_of(queues)
+        touched = set(agent.queues) | set(queues)
         agent = replace(agent, queues=queues)
         self.agents[agent.id] = agent
         if agent.presence == Presence.WRAP_UP:
@@ -1057,6 +1115,8 @@ class Model:
                 self._finish_wrapup(agent.id, now, out, code="", notes="")
         self._change_presence(agent.id, presence, reason, now, out)
         self._publish_state(agent.id, now, out)
+        for queue in sorted(touched):
+            self._publish_queue(queue, now, out)
 
     def _change_presence(
         self, agent_id: str, presence: Presence, reason: str, now: float, out: list[Effect]
@@ -1456,6 +1516,9 @@ class Model:
         call = self.calls.pop(call.id, call)
         for agent_id in call.agents:
             self._part_counter.pop((call.id, agent_id), None)
+        for queue, waiting in self.waiting.items():
+            if waiting.pop(call.id, None) is not None:  # its QueueCallerLeave was lost
+                self._publish_queue(queue, now, out)
         if call.direction == "internal" and not call.agents:
             return
         number = self.numbers.normalize(call.customer_raw)
@@ -1510,6 +1573,8 @@ class Model:
             self.agents[agent_id] = replace(agent, phone=phone)
             for part in self._parts_of_agent(agent_id):
                 self._call_update(part, phone.value, now, out)
+            for queue in sorted(agent.queues):
+                self._publish_queue(queue, now, out)
         self._publish_state(agent_id, now, out)
 
     def _parts_of_agent(self, agent_id: str) -> list[Part]:
