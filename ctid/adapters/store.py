@@ -130,6 +130,45 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX callbacks_open ON callbacks (agent, pos) "
         "WHERE status IN ('open', 'assigned')",
     ),
+    (
+        # The contact directory (issue 4), used by ctid.adapters.directory. Entries are
+        # keyed by the CRM's record id; numbers and addresses by their normalised value,
+        # so a lookup is one primary-key range. No foreign keys: a contact may arrive
+        # before its organization, and an import replaces an entry's numbers wholesale.
+        """CREATE TABLE directory_entries (
+            id TEXT PRIMARY KEY CHECK (id <> ''),
+            kind TEXT NOT NULL CHECK (kind IN ('person', 'organization', 'contact')),
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL,  -- case-folded name: quick search and ordering
+            organization TEXT NOT NULL,  -- the organization's id, contacts only
+            digest BLOB NOT NULL,  -- content fingerprint: an unchanged re-import writes nothing
+            updated_at REAL NOT NULL,
+            CHECK ((kind = 'contact') = (organization <> ''))) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX directory_entries_name ON directory_entries (name_key)",
+        "CREATE INDEX directory_entries_organization ON directory_entries (organization)",
+        """CREATE TABLE directory_numbers (
+            e164 TEXT NOT NULL,  -- E.164, or an internal extension's digits
+            entry TEXT NOT NULL,
+            type TEXT NOT NULL,  -- work, mobile, home, ...
+            raw TEXT NOT NULL,  -- as the CRM wrote it
+            PRIMARY KEY (e164, entry, type)) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX directory_numbers_entry ON directory_numbers (entry)",
+        """CREATE TABLE directory_emails (
+            email TEXT NOT NULL,  -- lower-cased
+            entry TEXT NOT NULL,
+            PRIMARY KEY (email, entry)) STRICT, WITHOUT ROWID""",
+        "CREATE INDEX directory_emails_entry ON directory_emails (entry)",
+        # The record an agent chose among several matches, by number or address.
+        """CREATE TABLE directory_choices (
+            key TEXT PRIMARY KEY,
+            record_id TEXT NOT NULL,
+            chosen_at REAL NOT NULL) STRICT""",
+        # Bumped by every import that changed something: other processes' caches see it.
+        """CREATE TABLE directory_meta (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL) STRICT""",
+        "INSERT INTO directory_meta (id, generation) VALUES (1, 0)",
+    ),
 )
 
 _JSON_COLS = frozenset({"agents", "extra"})

@@ -86,8 +86,14 @@ class NumberNormalizer:
 
 
 def strip_uri(raw: str) -> str:
-    """Strip ``sip:``/``sips:``/``tel:``, everything from ``@`` and a leading ``/`` (CIC seed)."""
+    """Strip ``sip:``/``sips:``/``tel:``, everything from ``@`` and a leading ``/`` (CIC seed).
+
+    A name-addr (``"Maria" <sip:+4930123456@carrier>``, as some trunks put the whole
+    From header into the caller id) is reduced to the URI inside the brackets first.
+    """
     text = raw.strip()
+    if text.endswith(">") and "<" in text:
+        text = text[text.rindex("<") + 1 : -1].strip()
     low = text.lower()
     for scheme in ("sips:", "sip:", "tel:"):
         if low.startswith(scheme):
