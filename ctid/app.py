@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,17 +22,21 @@ import structlog
 from ctid import __version__
 from ctid.adapters.ami import ActionSender, AmiClient
 from ctid.adapters.bus import Bus
+from ctid.adapters.directory import Directory
 from ctid.adapters.store import OutboxMessage, Store
 from ctid.agent_commands import CommandExecutor
 from ctid.config import Config
 from ctid.core import contract
 from ctid.core.agents import Link
 from ctid.core.ami import AmiMessage
+from ctid.core.commands import CommandError, readable_id, reply_error
+from ctid.core.directory import NO_MATCH, Match
 from ctid.core.effects import (
     Effect,
     EmitActivity,
     EmitCall,
     EmitCallback,
+    Lookup,
     Publish,
     RecordInterval,
     SavePresence,
@@ -39,7 +44,7 @@ from ctid.core.effects import (
 )
 from ctid.core.model import Model, ModelSettings, specs_from
 from ctid.core.numbers import NumberNormalizer
-from ctid.errors import AmiError, BusError, StoreError
+from ctid.errors import AmiError, BusError, CtidError, StoreError
 from ctid.systemd import notify, watchdog_interval_s
 
 log = structlog.get_logger("ctid.app")
@@ -54,6 +59,7 @@ def build_model(config: Config) -> Model:
         interaction_limit=config.calls.interaction_limit,
         wrapup_s=config.calls.wrapup_s,
         max_call_age_s=config.calls.max_call_age_s,
+        lookup_deadline_s=config.calls.lookup_deadline_s,
     )
     numbers = NumberNormalizer(
         default_region=config.numbers.default_region,
@@ -75,6 +81,16 @@ def messages_of(effect: Effect) -> tuple[Publish, ...]:
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes for the model (parts settle, wrap-ups end, stale calls expire)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupAnswer:
+    """The directory answered a lookup (or its deadline passed: ``match`` None)."""
+
+    call_id: str
+    by: str
+    value: str
+    match: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +118,11 @@ class Daemon:
             send=self.ami.send,
             emit=self._emit,
             history=_StoreHistory(self),
+            directory=_DirectoryAccess(self),
+            # The model's clock: event time, running on between events.
+            clock=lambda: time.time() + self._clock_offset,
         )
+        self._command_backlog: dict[str, int] = {}
         self._command_locks: dict[str, asyncio.Lock] = {}
         self._command_tasks: set[asyncio.Task[None]] = set()
         self.bus = Bus(
@@ -123,6 +143,8 @@ class Daemon:
         self._outbox_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._store: Store | None = None
+        self._directory: Directory | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.events_applied = 0
         # The model's clock is the events' Timestamp; between events it runs on
         # with the wall clock from the last event's offset, so a tick and an
@@ -137,8 +159,16 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        async with Store.open(self.config.store) as store:
+        numbers = NumberNormalizer(
+            default_region=self.config.numbers.default_region,
+            max_extension_length=self.config.numbers.max_extension_length,
+        )
+        async with (
+            Store.open(self.config.store) as store,
+            Directory.open(self.config.store, normalizer=numbers) as directory,
+        ):
             self._store = store
+            self._directory = directory
             for agent_id, (presence, reason, since) in (await store.load_presences()).items():
                 self.model.restore_presence(agent_id, presence, reason, since)
             self._emit(self.model.initial_states(time.time()))
@@ -160,6 +190,7 @@ class Daemon:
                     await self._shutdown(tasks)
             finally:
                 self._store = None
+                self._directory = None
         log.info("ctid.stopped")
 
     def stop(self) -> None:
@@ -209,6 +240,14 @@ class Daemon:
                 elif isinstance(item, Link):
                     effects = self.model.set_link(item, arrived)
                     self._publish_status()
+                elif isinstance(item, LookupAnswer):
+                    now = arrived + self._clock_offset
+                    if item.match is None:
+                        effects = self.model.lookup_deadline(item.call_id, now)
+                    else:
+                        effects = self.model.lookup_done(
+                            item.call_id, item.by, item.value, item.match, now
+                        )
                 elif isinstance(item, Resync):
                     effects = self.model.resync(item.items, arrived + self._clock_offset)
                     log.info(
@@ -233,9 +272,41 @@ class Daemon:
             if isinstance(effect, Publish | EmitActivity | EmitCall | EmitCallback):
                 self._publishes.put_nowait(effect)
             elif isinstance(effect, SendAction):
-                asyncio.get_running_loop().create_task(self._send_action(effect))
+                self._spawn(self._send_action(effect), "ctid.ami.action")
+            elif isinstance(effect, Lookup):
+                self._lookup(effect)
             else:
                 self._durable.put_nowait(effect)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        # Keep a reference: a task nobody holds may be garbage-collected mid-flight.
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lookup(self, effect: Lookup) -> None:
+        """Ask the directory; the pop already went out, its match follows or its deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = LookupAnswer(effect.call_id, effect.by, effect.value, None)
+        loop.call_later(effect.deadline_s, self.ami.events.put_nowait, (deadline, time.time()))
+        self._spawn(self._answer_lookup(effect), "ctid.directory.lookup")
+
+    async def _answer_lookup(self, effect: Lookup) -> None:
+        directory = self._directory
+        if directory is None:
+            return
+        try:
+            if effect.by == "id":
+                found = await directory.search("id", "=", effect.value, limit=1)
+                match = Match("single", tuple(found)) if found else NO_MATCH
+            else:
+                match = await directory.lookup(effect.value)
+        except (CtidError, ValueError) as exc:
+            # The pop says "timeout" at its deadline; the agent still sees the number.
+            log.warning("directory.lookup_failed", by=effect.by, error=str(exc))
+            return
+        answer = LookupAnswer(effect.call_id, effect.by, effect.value, match.as_payload())
+        self.ami.events.put_nowait((answer, time.time()))
 
     async def _send_action(self, effect: SendAction) -> None:
         try:
@@ -256,7 +327,14 @@ class Daemon:
         if not self.commands.knows(agent):
             log.warning("command.unknown_agent", topic=topic)
             return
-        # One command at a time per agent (their replies in order), agents in parallel.
+        # One command at a time per agent (their replies in order), agents in
+        # parallel; a flood beyond the burst is refused at once, not queued.
+        backlog = self._command_backlog.get(agent, 0)
+        if backlog >= self.config.commands.burst:
+            reply = reply_error(readable_id(payload), CommandError("rate_limited"))
+            self._publishes.put_nowait(Publish(contract.agent_topic(agent, "reply"), reply, qos=1))
+            return
+        self._command_backlog[agent] = backlog + 1
         task = asyncio.get_running_loop().create_task(
             self._run_command(agent, payload), name=f"ctid.command.{agent}"
         )
@@ -265,8 +343,11 @@ class Daemon:
 
     async def _run_command(self, agent: str, payload: bytes) -> None:
         lock = self._command_locks.setdefault(agent, asyncio.Lock())
-        async with lock:
-            reply = await self.commands.handle(agent, payload)
+        try:
+            async with lock:
+                reply = await self.commands.handle(agent, payload)
+        finally:
+            self._command_backlog[agent] -= 1
         try:
             await self.bus.publish(contract.agent_topic(agent, "reply"), reply, qos=1)
         except BusError as exc:
@@ -428,6 +509,22 @@ class Daemon:
             # Through the event queue, so the model stays owned by one task.
             self.ami.events.put_nowait((Tick(), time.time()))
             await asyncio.sleep(0.5)
+
+
+class _DirectoryAccess:
+    """The daemon's directory for ``search`` and ``select`` (open only while it runs)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def search(self, field: str, op: str, value: str, *, limit: int = 20) -> list[Any]:
+        directory = self._daemon._directory
+        return [] if directory is None else await directory.search(field, op, value, limit=limit)
+
+    async def remember_choice(self, text: str, record_id: str) -> None:
+        directory = self._daemon._directory
+        if directory is not None:
+            await directory.remember_choice(text, record_id)
 
 
 class _StoreHistory:

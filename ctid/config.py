@@ -77,7 +77,7 @@ class MqttConfig:
 class StoreConfig:
     path: Path = Path("/var/lib/ctid/ctid.sqlite3")
     batch_max: int = 500
-    batch_wait_s: float = 0.05
+    batch_wait_s: float = 0.0  # 0: commit at once; writes arriving meanwhile still batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,7 @@ class CallsConfig:
     interaction_limit: int = 6  # open interactions per agent (the CIC seed's six)
     wrapup_s: float = 0.0  # automatic wrap-up: 0 = off
     pop_on: str = "alerting"  # "alerting" | "accepted"
+    lookup_deadline_s: float = 0.3  # the pop goes out at once; "lookup: timeout" after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +566,9 @@ def _calls(value: object) -> CallsConfig:
         interaction_limit=t.get("interaction_limit", d.interaction_limit, _int(1, 100)),
         wrapup_s=t.get("wrapup_s", d.wrapup_s, _seconds(zero_ok=True)),
         pop_on=t.get("pop_on", d.pop_on, _choice("alerting", "accepted")),
+        lookup_deadline_s=t.get(
+            "lookup_deadline_s", d.lookup_deadline_s, _seconds(zero_ok=True, most=10.0)
+        ),
     )
 
 

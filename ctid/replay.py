@@ -12,7 +12,7 @@ agent_pause_unpause), possibly filtered, and are not the whole truth.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ctid.app import build_model, messages_of
 from ctid.config import Config
 from ctid.core import contract
 from ctid.core.ami import AmiMessage, AmiParser
-from ctid.core.effects import Effect, EmitCallback, Publish
+from ctid.core.effects import Effect, EmitCallback, Lookup, Publish
 from ctid.core.model import Model
 from ctid.core.records import CallbackRecord
 
@@ -52,9 +52,19 @@ def is_unsolicited(msg: AmiMessage) -> bool:
     return bool(msg.event) and (msg.timestamp is not None or not msg.action_id)
 
 
+Resolver = Callable[[str, str], Mapping[str, Any]]  # (by, value) -> the pop's match
+
+
+def no_directory(by: str, value: str) -> Mapping[str, Any]:
+    """The answer of an empty directory, whatever is asked."""
+    del by, value
+    return {"kind": "none", "records": []}
+
+
 class _Replayer:
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, resolver: Resolver) -> None:
         self.model = model
+        self.resolver = resolver
         self.lists: dict[str, list[AmiMessage]] = {}
         self.applied: set[str] = set()
         self.live = False  # an event of the PBX (not of our login) has been applied
@@ -69,6 +79,27 @@ class _Replayer:
         return Publish(contract.GENERAL_INBOX_TOPIC, payload, retain=True, qos=1)
 
     def feed(self, msg: AmiMessage) -> list[Effect]:
+        """The effects of one message, directory lookups answered at once (in event time)."""
+        effects = self._feed(msg)
+        out: list[Effect] = []
+        while effects:
+            lookups = [e for e in effects if isinstance(e, Lookup)]
+            out += [e for e in effects if not isinstance(e, Lookup)]
+            # The answer comes after everything the event caused (the pending pop first).
+            effects = [
+                answer
+                for lookup in lookups
+                for answer in self.model.lookup_done(
+                    lookup.call_id,
+                    lookup.by,
+                    lookup.value,
+                    self.resolver(lookup.by, lookup.value),
+                    self.now,
+                )
+            ]
+        return out
+
+    def _feed(self, msg: AmiMessage) -> list[Effect]:
         if is_unsolicited(msg):
             now = msg.timestamp if msg.timestamp is not None else self.now
             self.now = now
@@ -90,11 +121,17 @@ class _Replayer:
         return self.model.resync(items, self.now)
 
 
-def replay(config: Config, capture: Path) -> Iterator[dict[str, Any]]:
-    """Every message ctid would publish for ``capture``, as ``{topic, payload, retain, qos}``."""
+def replay(
+    config: Config, capture: Path, *, resolver: Resolver = no_directory
+) -> Iterator[dict[str, Any]]:
+    """Every message ctid would publish for ``capture``, as ``{topic, payload, retain, qos}``.
+
+    Directory lookups are answered by ``resolver`` at once, so a pop goes out
+    ``pending`` and its update ``done`` follows at the same moment.
+    """
     model = build_model(config)
     prefix = config.mqtt.topic_prefix
-    replayer = _Replayer(model)
+    replayer = _Replayer(model, resolver)
     started = False
     for msg in capture_messages(capture):
         if not started and msg.timestamp is not None:

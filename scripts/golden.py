@@ -60,7 +60,8 @@ def describe(p: dict[str, Any], t0: float) -> str:
         number = p["number"]["e164"] or p["number"]["kind"]
         return (
             f"{p['phase']} {p['direction']} why={p['why']} {number}"
-            f" '{p['caller_name']}' queue={p['queue']} match={p['match']['kind']}"
+            f" '{p['caller_name']}' queue={p['queue']}"
+            f" match={p['match']['kind']} lookup={p['lookup']}"
         )
     if kind == "call":
         return f"{p['state']} {p['direction']} {p['number']['e164'] or p['number']['kind']}"

@@ -63,6 +63,16 @@ class SavePresence:
 
 
 @dataclass(frozen=True, slots=True)
+class Lookup:
+    """Look the caller up in the directory; answer with ``Model.lookup_done`` (deadline below)."""
+
+    call_id: str
+    by: str  # "number" (E.164 or extension), "email" or "id" (an IVR-provided account)
+    value: str
+    deadline_s: float  # after this, ``Model.lookup_deadline`` marks the pops ``timeout``
+
+
+@dataclass(frozen=True, slots=True)
 class SendAction:
     """Send an AMI action; fields are validated again when framed."""
 
@@ -71,5 +81,12 @@ class SendAction:
 
 
 Effect = (
-    Publish | EmitActivity | EmitCall | EmitCallback | RecordInterval | SavePresence | SendAction
+    Publish
+    | EmitActivity
+    | EmitCall
+    | EmitCallback
+    | RecordInterval
+    | SavePresence
+    | SendAction
+    | Lookup
 )

@@ -24,6 +24,7 @@ How Asterisk shows a call (captures README, and the captures themselves):
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +45,7 @@ from ctid.core.effects import (
     EmitActivity,
     EmitCall,
     EmitCallback,
+    Lookup,
     Publish,
     RecordInterval,
     SavePresence,
@@ -183,6 +185,14 @@ class ModelSettings:
     wrapup_s: float = 0.0
     # A call never seen to hang up (a lost Hangup) is closed after this age.
     max_call_age_s: float = 4 * 3600.0
+    # Directory lookups: the pop goes out at once; the match follows, or the pop
+    # says "timeout" after this deadline. Off: pops carry no directory match.
+    lookup: bool = True
+    lookup_deadline_s: float = 0.3
+    match_cache_size: int = 10_000
+    # How long a cached answer is trusted: an import by another process (``ctid
+    # directory import``) shows in pops after at most this long.
+    match_cache_ttl_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +219,11 @@ class Part:
 
     agent: str
     call_id: str
-    n: int
+    # The Uniqueid of the agent's channel that opened the part. Asterisk never
+    # reuses it within a boot, and a resync after a ctid restart sees the same
+    # one, so it makes the activity id stable (no in-memory counter that a
+    # restart would reset and so overwrite a stored activity).
+    leg: str
     why: str  # "inbound" | "transfer" | "consult" | "outbound" | "internal"
     offered_at: float
     channels: frozenset[str] = frozenset()
@@ -254,6 +268,8 @@ class Call:
     channels: frozenset[str] = frozenset()
     talk_s: float = 0.0
     hold_s: float = 0.0
+    match: Mapping[str, Any] | None = None  # the directory's answer for the customer
+    lookup: str = ""  # "" (not asked) | "pending" | "done" | "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,12 +312,14 @@ class Model:
             spec.id: Agent(id=spec.id, devices=spec.devices, limit=spec.limit)
             for spec in settings.agents
         }
+        # Directory answers by lookup key ("number:+4930…", "id:crm-17"), most recent
+        # last; invalidated when the directory changes (import).
+        self.match_cache: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()
         # Callers waiting per queue: queue -> {Linkedid: joined at}.
         self.waiting: dict[str, dict[str, float]] = {}
         self._queue_published: dict[str, tuple[Any, ...]] = {}
         self._device_agent = {dev: spec.id for spec in settings.agents for dev in spec.devices}
         self._extensions = {spec.id: spec.extension for spec in settings.agents}
-        self._part_counter: dict[tuple[str, str], int] = {}
         # Why records are being closed by ctid rather than by Asterisk's events:
         # "disconnected" (a resync found them gone) or "expired" (too old).
         self._close_reason = ""
@@ -642,8 +660,6 @@ class Model:
             call = self.calls[call.id]
         part = self.parts.get(key)
         if part is None:
-            counter = self._part_counter.get(key, 0) + 1
-            self._part_counter[key] = counter
             if originator:
                 why = "outbound"
             elif call.transfers:
@@ -658,7 +674,7 @@ class Model:
             part = Part(
                 agent=agent,
                 call_id=call.id,
-                n=counter,
+                leg=chan.uniqueid,
                 why=why,
                 offered_at=now,
                 originator=originator,
@@ -1315,9 +1331,8 @@ class Model:
         self._pop(part, "accepted", now, out)
 
     def _pop(self, part: Part, phase: str, now: float, out: list[Effect]) -> None:
-        call = self.calls[part.call_id]
+        call = self._ensure_lookup(self.calls[part.call_id], part, now, out)
         number = self._customer_number(call, part)
-        match_kind = "no_ani" if number.kind == "no_ani" else "none"
         payload = contract.envelope(
             "pop",
             now,
@@ -1328,8 +1343,8 @@ class Model:
             phase=phase,
             number=number.as_payload(),
             caller_name=call.customer_name,
-            match={"kind": match_kind, "records": []},
-            lookup="done",
+            match=dict(call.match) if call.match is not None else _no_match(number),
+            lookup=call.lookup or "done",
             queue=part.queue or call.queue,
             attached=dict(call.attached),
             why=part.why,
@@ -1339,6 +1354,82 @@ class Model:
             self.parts[key] = replace(part, last_pop=payload)
         self._agent_publish(part.agent, "pop", payload, now, out)
         self._publish_snapshot(part.agent, now, out)
+
+    # ------------------------------------------------------------------ directory lookups
+
+    def _lookup_key(self, call: Call, part: Part) -> tuple[str, str] | None:
+        """What to look the customer up by: an IVR-given account, else the number."""
+        attached = dict(call.attached)
+        account = attached.get("ACCOUNT") or attached.get("ACCOUNT_ID")
+        if account:
+            # The IVR already identified the caller: no number lookup (issue 4).
+            return "id", account
+        number = self._customer_number(call, part)
+        if number.kind == "e164" and call.direction != "internal":
+            return "number", number.e164
+        return None
+
+    def _ensure_lookup(self, call: Call, part: Part, now: float, out: list[Effect]) -> Call:
+        if call.lookup or not self.settings.lookup:
+            return call
+        key = self._lookup_key(call, part)
+        if key is None:
+            call = replace(call, lookup="done")
+        elif (cached := self._cached_match(f"{key[0]}:{key[1]}", now)) is not None:
+            call = replace(call, lookup="done", match=cached)
+        else:
+            call = replace(call, lookup="pending")
+            out.append(Lookup(call.id, key[0], key[1], self.settings.lookup_deadline_s))
+        self.calls[call.id] = call
+        return call
+
+    def lookup_done(
+        self, call_id: str, by: str, value: str, match: Mapping[str, Any], now: float
+    ) -> list[Effect]:
+        """The directory answered: cache it, and update every pop of the call already out."""
+        out: list[Effect] = []
+        key = f"{by}:{value}"
+        self.match_cache[key] = (match, now)
+        self.match_cache.move_to_end(key)
+        while len(self.match_cache) > self.settings.match_cache_size:
+            self.match_cache.popitem(last=False)
+        call = self.calls.get(call_id)
+        if call is None or call.lookup == "done":
+            return out
+        self.calls[call_id] = replace(call, lookup="done", match=match)
+        self._repop(call_id, now, out)
+        return out
+
+    def lookup_deadline(self, call_id: str, now: float) -> list[Effect]:
+        """The deadline passed without an answer: the pops say so (the match may still follow)."""
+        out: list[Effect] = []
+        call = self.calls.get(call_id)
+        if call is None or call.lookup != "pending":
+            return out
+        self.calls[call_id] = replace(call, lookup="timeout")
+        self._repop(call_id, now, out)
+        return out
+
+    def _cached_match(self, key: str, now: float) -> Mapping[str, Any] | None:
+        entry = self.match_cache.get(key)
+        if entry is None:
+            return None
+        match, stored = entry
+        if now - stored > self.settings.match_cache_ttl_s or now < stored:
+            del self.match_cache[key]
+            return None
+        self.match_cache.move_to_end(key)
+        return match
+
+    def invalidate_matches(self) -> None:
+        """The directory changed (an import): forget every cached answer."""
+        self.match_cache.clear()
+
+    def _repop(self, call_id: str, now: float, out: list[Effect]) -> None:
+        """Publish the latest pop of each part of the call again, with the call's match."""
+        for part in self._parts_of_call(call_id):
+            if part.last_pop is not None:
+                self._pop(part, str(part.last_pop["phase"]), now, out)
 
     def _customer_number(self, call: Call, part: Part) -> Number:
         raw = call.customer_raw
@@ -1465,7 +1556,7 @@ class Model:
         if part.conference:
             extra["conference"] = True
         record = ActivityRecord(
-            id=f"{call.id}/{part.agent}/{part.n}",
+            id=f"{call.id}/{part.agent}/{part.leg}",
             agent=part.agent,
             interaction_id=call.id,
             media="call",
@@ -1514,8 +1605,6 @@ class Model:
             self._agent_left(self.parts[key], now, out)
         self._settle_all(call.id, now, out, transfer_to="")
         call = self.calls.pop(call.id, call)
-        for agent_id in call.agents:
-            self._part_counter.pop((call.id, agent_id), None)
         for queue, waiting in self.waiting.items():
             if waiting.pop(call.id, None) is not None:  # its QueueCallerLeave was lost
                 self._publish_queue(queue, now, out)
@@ -1698,6 +1787,10 @@ def _outbound_outcome(call: Call) -> str:
     if call.customer_cause in _FAILED_CAUSES:
         return "failed"
     return _DIAL_FAILURES.get(call.dial_status, "failed")
+
+
+def _no_match(number: Number) -> dict[str, Any]:
+    return {"kind": "no_ani" if number.kind == "no_ani" else "none", "records": []}
 
 
 def _local_exten(channel: str) -> str:

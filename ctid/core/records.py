@@ -39,7 +39,8 @@ class CallRecord:
 class ActivityRecord:
     """One agent's part in one interaction (the Webex seed's conversation activity)."""
 
-    id: str  # stable: "{interaction_id}/{agent}/{n}", so a replay or resync cannot duplicate it
+    id: str  # stable: "{interaction_id}/{agent}/{agent leg Uniqueid}": replays, resyncs and
+    # restarts give the same part the same id, and two parts never share one
     agent: str
     interaction_id: str
     media: str
