@@ -20,6 +20,11 @@ Asterisk facts that shaped the mapping:
 * A static queue member cannot be added twice: ``QueueAdd`` answering "Already
   there" means the agent is logged in; ``QueueRemove`` answering "Not there"
   means it is out already.
+
+Every action a command needs is sent and awaited before the reply, so the reply
+says what Asterisk did. ``wrapup_done`` (and ``ready`` during a wrap-up) unpause
+the agent's device first and end the model's wrap-up only once Asterisk accepted
+it; the model's own unpause of that device is then not sent a second time.
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ from ctid.core.commands import (
     reply_error,
     reply_ok,
 )
-from ctid.core.effects import Effect
+from ctid.core.effects import Effect, SendAction
 from ctid.core.model import Model, Part
 from ctid.core.numbers import NumberNormalizer
 from ctid.errors import (
     AmiActionFailedError,
     AmiActionTimeoutError,
     AmiNotConnectedError,
+    CtidError,
     StoreError,
 )
 
@@ -59,6 +65,14 @@ Fields = Sequence[tuple[str, str]]
 
 class ActionSink(Protocol):
     def __call__(self, action: str, fields: Fields = ()) -> Awaitable[list[AmiMessage]]: ...
+
+
+class DirectoryAccess(Protocol):
+    """What ``search`` and ``select`` need of the contact directory."""
+
+    async def search(self, field: str, op: str, value: str, *, limit: int = 20) -> list[Any]: ...
+
+    async def remember_choice(self, text: str, record_id: str) -> None: ...
 
 
 class History(Protocol):
@@ -80,6 +94,7 @@ class CommandExecutor:
         send: ActionSink,
         emit: Callable[[list[Effect]], None],
         history: History | None = None,
+        directory: DirectoryAccess | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -88,6 +103,7 @@ class CommandExecutor:
         self._send = send
         self._emit = emit
         self._history = history
+        self._directory = directory
         self._clock = clock
         self._monotonic = monotonic
         self._agents = {a.id: a for a in config.agents}
@@ -118,6 +134,7 @@ class CommandExecutor:
             "notes": self._notes,
             "select": self._select,
             "history": self._recent,
+            "search": self._search,
         }
 
     def knows(self, agent_id: str) -> bool:
@@ -234,9 +251,9 @@ class CommandExecutor:
 
     async def _ready(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
         self._require_login(agent)
-        if self._presence(agent) == Presence.WRAP_UP:
-            self._emit(self.model.end_wrapup(agent.id, self._clock()))
         await self._action("QueuePause", [("Interface", agent.devices[0]), ("Paused", "false")])
+        if self._presence(agent) == Presence.WRAP_UP:
+            self._end_wrapup(agent)
         await self._queue_log(agent, "NONE", "UNPAUSEALL", "")
         return {}
 
@@ -254,11 +271,26 @@ class CommandExecutor:
         if self._presence(agent) != Presence.WRAP_UP:
             raise CommandError("not_in_wrapup")
         code = self._reason(cmd.get("code"), "wrapup") if cmd.get("code") else ""
-        effects = self.model.end_wrapup(
-            agent.id, self._clock(), code=code, notes=cmd.get("notes", "")
-        )
-        self._emit(effects)
+        await self._action("QueuePause", [("Interface", agent.devices[0]), ("Paused", "false")])
+        self._end_wrapup(agent, code=code, notes=cmd.get("notes", ""))
         return {"code": code}
+
+    def _end_wrapup(self, agent: AgentConfig, *, code: str = "", notes: str = "") -> None:
+        """End the agent's wrap-up in the model once Asterisk has unpaused its device.
+
+        The model asks for an unpause of each device; the command has sent (and
+        awaited) the one of ``devices[0]`` itself, so that one is not sent twice
+        and the reply says whether Asterisk carried it out.
+        """
+        sent = ("Interface", agent.devices[0])
+        effects = self.model.end_wrapup(agent.id, self._clock(), code=code, notes=notes)
+        self._emit(
+            [
+                e
+                for e in effects
+                if not (isinstance(e, SendAction) and e.action == "QueuePause" and sent in e.fields)
+            ]
+        )
 
     # ---------------------------------------------------------------- calls
 
@@ -431,8 +463,29 @@ class CommandExecutor:
         return {}
 
     async def _select(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
-        await self._annotate(agent, cmd.get("interaction"), notes=None, record=cmd.get("record"))
-        return {"record": cmd.get("record")}
+        interaction, record = cmd.get("interaction"), cmd.get("record")
+        call = self.model.calls.get(interaction)
+        await self._annotate(agent, interaction, notes=None, record=record)
+        if call is not None and self._directory is not None:
+            number = self._numbers.normalize(call.customer_raw)
+            if number.kind == "e164":
+                # Offered first the next time this number calls (issue 4).
+                try:
+                    await self._directory.remember_choice(number.e164, record)
+                except (StoreError, ValueError) as exc:
+                    log.warning("command.choice_not_remembered", agent=agent.id, error=str(exc))
+        return {"record": record}
+
+    async def _search(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
+        if self._directory is None:
+            raise CommandError("internal", "no directory")
+        try:
+            found = await self._directory.search(
+                cmd.get("field"), cmd.get("op"), cmd.get("value"), limit=cmd.get("limit") or 20
+            )
+        except CtidError as exc:
+            raise CommandError("bad_request", str(exc)) from exc
+        return {"records": [r.as_payload() for r in found]}
 
     async def _recent(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
         if self._history is None:

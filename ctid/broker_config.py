@@ -55,6 +55,7 @@ broker CPU on every CONNECT, where it hashes the offered password again."""
 SALT_BYTES = 12  # what mosquitto_passwd uses
 HASH_BYTES = 64  # the full SHA-512 output, as mosquitto_passwd writes it
 
+MAX_PACKET_SIZE = 1024 * 1024
 MAX_QUEUED_MESSAGES = 10_000
 MAX_USER_NAME_LENGTH = 128
 
@@ -301,6 +302,11 @@ def render_conf(
         "# slow subscriber (the CRM backend reading every agent's topics during a",
         "# burst, or ctid itself catching up after a stall).",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "",
+        "# Refuse oversized packets before they reach ctid: a command is at most",
+        "# 16 KiB; Mosquitto's default would let an agent push 256 MB at ctid.",
+        "# ctid's own largest messages (inboxes, snapshots) stay far below 1 MiB.",
+        f"max_packet_size {MAX_PACKET_SIZE}",
         "",
         *persistence,
         "",
