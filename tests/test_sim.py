@@ -613,6 +613,11 @@ async def test_replay_skips_the_recorded_login(sim: AmiSimulator, connect: Conne
 
 @needs_captures
 async def test_replay_follows_the_recorded_pace(sim: AmiSimulator, connect: Connect) -> None:
+    """A paced replay takes at least the recorded span / speed (it does not dump at once).
+
+    Only the lower bound is asserted: on a loaded machine any replay may take
+    longer, and a timed upper bound would only measure the machine.
+    """
     capture = load_capture(CAPTURE_DIR / "inbound_answered.ami")
     stamps = [m.timestamp for m in capture.replay_events if m.timestamp is not None]
     span = stamps[-1] - stamps[0]
@@ -622,7 +627,7 @@ async def test_replay_follows_the_recorded_pace(sim: AmiSimulator, connect: Conn
     start = loop.time()
     await sim.replay(capture, speed=speed)
     elapsed = loop.time() - start
-    assert span / speed * 0.9 <= elapsed <= span / speed + 1.0
+    assert span / speed * 0.9 <= elapsed
     got = await client.collect(len(capture.replay_events))
     assert got[-1].to_bytes() == capture.replay_events[-1].to_bytes()
 
