@@ -469,7 +469,9 @@ class CommandExecutor:
         if call is not None and self._directory is not None:
             number = self._numbers.normalize(call.customer_raw)
             if number.kind == "e164":
-                # Offered first the next time this number calls (issue 4).
+                # Offered first the next time this number calls (issue 4): the
+                # model's cached answer for it is stale now.
+                self.model.forget_match("number", number.e164)
                 try:
                     await self._directory.remember_choice(number.e164, record)
                 except (StoreError, ValueError) as exc:

@@ -21,6 +21,7 @@ import pytest
 from ctid.adapters.directory import Directory
 from ctid.config import CallsConfig, Config
 from ctid.directory_import import SourceRow
+from ctid.sim.capture import load_capture
 from ctid.sim.server import AmiSimulator
 from tests.broker import MosquittoBroker
 from tests.test_slice_inbound import (
@@ -252,3 +253,41 @@ async def test_quick_search_command(mosquitto: MosquittoBroker) -> None:
     assert len(limited["result"]["records"]) == 2
     assert bad["ok"] is False
     assert bad["error"]["code"] == "bad_request"
+
+
+async def test_select_command_is_remembered_for_the_next_call(mosquitto: MosquittoBroker) -> None:
+    """alice picks crm-2 among two matches during a call; the next call from that number
+    pops with crm-2 first and ``remembered: crm-2``."""
+    capture = load_capture(CAPTURES / "inbound_answered.ami")
+    talking = next(i for i, e in enumerate(capture.replay_events) if e.event == "BridgeEnter")
+    async with AmiSimulator(secret=SECRET) as sim:
+        sim.set_list("QueueStatus", [queue_member("PJSIP/1001", "support")])
+        config = daemon_config(mosquitto, sim)
+        await load_directory(config, [PERSON, TWIN])
+        async with mosquitto.client("alice") as alice, running_daemon(config, sim):
+            await alice.subscribe("ctid/v1/agents/alice/#", qos=1)
+            await sim.replay(capture, 5.0, stop=talking + 1)
+            select = {
+                "id": "pick",
+                "cmd": "select",
+                "interaction": "1795308161.0",
+                "record": "crm-2",
+            }
+            await alice.publish("ctid/v1/agents/alice/cmd", orjson.dumps(select), qos=1)
+            async with asyncio.timeout(10):
+                async for message in alice.messages:
+                    if message.topic.value.endswith("/reply"):
+                        assert isinstance(message.payload, bytes)
+                        reply = orjson.loads(message.payload)
+                        break
+            assert (reply["id"], reply["ok"]) == ("pick", True), reply
+            await sim.replay(capture, None, start=talking + 1)
+            # The same caller again (the capture replayed once more).
+            await sim.replay(capture, 5.0)
+            async with asyncio.timeout(15):
+                async for message in alice.messages:
+                    assert isinstance(message.payload, bytes)
+                    pop = orjson.loads(message.payload)
+                    if pop.get("type") == "pop" and pop["match"].get("remembered") == "crm-2":
+                        break
+    assert [r["id"] for r in pop["match"]["records"]] == ["crm-2", "crm-1"]

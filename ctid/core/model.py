@@ -1421,6 +1421,10 @@ class Model:
         self.match_cache.move_to_end(key)
         return match
 
+    def forget_match(self, by: str, value: str) -> None:
+        """The answer for one caller changed (an agent chose a record): ask again next time."""
+        self.match_cache.pop(f"{by}:{value}", None)
+
     def invalidate_matches(self) -> None:
         """The directory changed (an import): forget every cached answer."""
         self.match_cache.clear()
