@@ -407,9 +407,9 @@ class Daemon:
             return
         try:
             if isinstance(effect, EmitActivity):
-                await store.save_activity(effect.record, outbox=_outbox(effect.messages))
+                await store.save_activity(effect.record, outbox=outbox_messages(effect.messages))
             else:
-                await store.save_call(effect.record, outbox=_outbox(effect.messages))
+                await store.save_call(effect.record, outbox=outbox_messages(effect.messages))
         except StoreError:
             # Nothing to publish then: a message must not go out for a row that is not stored.
             log.exception("store.write_failed", effect=type(effect).__name__)
@@ -559,7 +559,8 @@ class _StoreHistory:
         return True
 
 
-def _outbox(messages: tuple[Publish, ...]) -> list[OutboxMessage]:
+def outbox_messages(messages: tuple[Publish, ...]) -> list[OutboxMessage]:
+    """The outbox rows of messages that are published only after their row is stored."""
     return [
         OutboxMessage(topic=m.topic, payload=orjson.dumps(m.payload), qos=m.qos, retain=m.retain)
         for m in messages

@@ -12,11 +12,16 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ctid import __version__
 from ctid.errors import ConfigError, CtidError
+
+if TYPE_CHECKING:
+    from ctid.adapters.store import ExportKind
+    from ctid.config import Config
 
 DEFAULT_CONFIG = Path("/etc/ctid/ctid.toml")
 
@@ -40,6 +45,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
     rep.add_argument("capture", type=Path)
+    rep.add_argument(
+        "--no-store",
+        action="store_true",
+        help="only print; by default the replay is also stored in [store] path, as the daemon "
+        "would store it (idempotent: replaying a capture again adds nothing)",
+    )
+
+    sync = sub.add_parser("sync", help="CRM sync: export rows after a seq, acknowledge, reconcile")
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True)
+    kinds = ("activities", "calls", "agent-states")
+    exp = sync_sub.add_parser(
+        "export",
+        help="print the rows with seq > SEQ in seq order (summary on stderr)",
+        description="Print the rows of one kind with seq > SEQ, in seq order. Read-only and "
+        "idempotent: the same command prints the same rows until new ones are written.",
+    )
+    exp.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    exp.add_argument(
+        "--since",
+        type=_non_negative,
+        default=None,
+        metavar="SEQ",
+        help="default: the consumer's acknowledged cursor",
+    )
+    exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    exp.add_argument("--kind", choices=kinds, default="activities")
+    exp.add_argument("--limit", type=_positive, default=None, metavar="N")
+    exp.add_argument("--consumer", default=None, help="cursor name (default: crm/<kind>)")
+    ack = sync_sub.add_parser("ack", help="record that the CRM has every row up to SEQ")
+    ack.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    ack.add_argument("seq", type=_non_negative, metavar="SEQ")
+    ack.add_argument("--kind", choices=kinds, default="activities")
+    ack.add_argument("--consumer", default=None, help="cursor name (default: crm/<kind>)")
+    rec = sync_sub.add_parser(
+        "reconcile",
+        help="list calls without activities and doubtful activities (JSON lines)",
+    )
+    rec.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    rec.add_argument(
+        "--since",
+        type=_non_negative,
+        default=0,
+        metavar="SEQ",
+        help="check the interactions with a call or activity row after SEQ (default: all)",
+    )
 
     directory = sub.add_parser("directory", help="the contact directory")
     directory_sub = directory.add_subparsers(dest="directory_command", required=True)
@@ -80,6 +130,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctid`` console script."""
     args = _parser().parse_args(argv)
@@ -89,7 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "replay":
-            return _replay(args.config, args.capture)
+            return _replay(args.config, args.capture, store=not args.no_store)
+        if args.command == "sync" and args.sync_command == "export":
+            return _sync_export(
+                args.config,
+                since=args.since,
+                fmt=args.format,
+                kind=args.kind,
+                limit=args.limit,
+                consumer=args.consumer,
+            )
+        if args.command == "sync" and args.sync_command == "ack":
+            return _sync_ack(args.config, args.seq, args.kind, args.consumer)
+        if args.command == "sync" and args.sync_command == "reconcile":
+            return _sync_reconcile(args.config, args.since)
         if args.command == "directory" and args.directory_command == "import":
             return _directory_import(
                 args.config, args.file, args.format, args.delete_missing, args.json
@@ -131,18 +211,158 @@ def _run(path: Path) -> int:
     return 0
 
 
-def _replay(config_path: Path, capture: Path) -> int:
+def _replay(config_path: Path, capture: Path, *, store: bool) -> int:
     from ctid.config import load_config
-    from ctid.replay import replay
+    from ctid.replay import DurableEffect, replay, store_replayed
 
     config = load_config(config_path)
     if not capture.is_file():
         print(f"ctid: replay: no such capture file: {capture}", file=sys.stderr)
         return 2
     out = sys.stdout.buffer
-    for line in replay(config, capture):
-        out.write(orjson.dumps(line) + b"\n")
+    if not store:
+        for line in replay(config, capture):
+            out.write(orjson.dumps(line) + b"\n")
+        out.flush()
+        return 0
+    # Store before publish, as the daemon: the rows are committed before a line is printed.
+    durable: list[DurableEffect] = []
+    lines = [orjson.dumps(line) + b"\n" for line in replay(config, capture, durable=durable)]
+
+    async def run() -> None:
+        from ctid.adapters.store import Store
+
+        async with Store.open(config.store) as db:
+            await store_replayed(db, durable)
+
+    asyncio.run(run())
+    out.writelines(lines)
     out.flush()
+    return 0
+
+
+def _open_existing(config_path: Path, what: str) -> tuple[Config, bool]:
+    """The config, and whether its store exists (a message on stderr when it does not)."""
+    from ctid.config import load_config
+
+    config = load_config(config_path)
+    if not config.store.path.is_file():
+        print(
+            f"ctid: {what}: no store at {config.store.path} (ctid run or ctid replay writes it)",
+            file=sys.stderr,
+        )
+        return config, False
+    return config, True
+
+
+def _sync_export(
+    config_path: Path,
+    *,
+    since: int | None,
+    fmt: str,
+    kind: ExportKind,
+    limit: int | None,
+    consumer: str | None,
+) -> int:
+    from ctid.adapters.store import Store
+    from ctid.sync import default_consumer, export_rows, write_csv, write_jsonl
+
+    config, exists = _open_existing(config_path, "sync export")
+    if not exists:
+        return 1
+    name = consumer or default_consumer(kind)
+
+    async def run() -> tuple[int, list[dict[str, Any]], bool, int]:
+        async with Store.open(config.store) as store:
+            start = await store.cursor(name) if since is None else since
+            rows, more = await export_rows(store, start, kind, limit)
+            return start, rows, more, await store.max_seq()
+
+    start, rows, more, last = asyncio.run(run())
+    if fmt == "csv":
+        write_csv(rows, kind, sys.stdout)
+        sys.stdout.flush()
+    else:
+        write_jsonl(rows, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    origin = f"cursor of {name}" if since is None else "--since"
+    if not rows:
+        print(
+            f"ctid: sync export: no {kind} rows after seq {start} ({origin}; last seq {last})",
+            file=sys.stderr,
+        )
+        return 0
+    top = rows[-1]["seq"]
+    options = "" if kind == "activities" else f" --kind {kind}"
+    options += "" if consumer is None else f" --consumer {consumer}"
+    print(
+        f"ctid: sync export: {len(rows)} {kind} rows, seq {rows[0]['seq']}..{top} "
+        f"(after {start}, {origin}); when stored: ctid sync ack -c {config_path}{options} {top}",
+        file=sys.stderr,
+    )
+    if more:
+        print(f"ctid: sync export: more rows follow: --since {top}", file=sys.stderr)
+    return 0
+
+
+def _sync_ack(config_path: Path, seq: int, kind: str, consumer: str | None) -> int:
+    from ctid.adapters.store import Store
+    from ctid.sync import default_consumer
+
+    config, exists = _open_existing(config_path, "sync ack")
+    if not exists:
+        return 1
+    name = consumer or default_consumer(kind)
+
+    async def run() -> tuple[int, int]:
+        async with Store.open(config.store) as store:
+            last, before = await store.max_seq(), await store.cursor(name)
+            if seq <= last:
+                await store.ack(name, seq)
+            return last, before
+
+    last, before = asyncio.run(run())
+    if seq > last:
+        print(
+            f"ctid: sync ack: seq {seq} is beyond the last seq written ({last}): no export "
+            f"gave it, and acknowledging it would skip rows written later; {name} stays at "
+            f"{before}",
+            file=sys.stderr,
+        )
+        return 1
+    note = " (moved back: those rows will be exported again)" if seq < before else ""
+    print(f"{name}: acknowledged up to seq {seq} (was {before}){note}")
+    return 0
+
+
+def _sync_reconcile(config_path: Path, since: int) -> int:
+    import time
+
+    from ctid.adapters.store import Store
+    from ctid.sync import reconcile
+
+    config, exists = _open_existing(config_path, "sync reconcile")
+    if not exists:
+        return 1
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with Store.open(config.store) as store:
+            return await store.interaction_rows(since)
+
+    calls, activities = asyncio.run(run())
+    problems = reconcile(
+        calls, activities, now=time.time(), max_call_age_s=config.calls.max_call_age_s
+    )
+    out = sys.stdout.buffer
+    for problem in problems:
+        out.write(orjson.dumps(problem) + b"\n")
+    out.flush()
+    checked = len({c["interaction_id"] for c in calls} | {a["interaction_id"] for a in activities})
+    print(
+        f"ctid: sync reconcile: {checked} interactions after seq {since} checked "
+        f"({len(calls)} calls, {len(activities)} activities): {len(problems)} problems",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -8,6 +8,10 @@ come right after the login, before any event of the PBX, are what the daemon's
 resync would have received then, and are applied as a resync. Later answers
 were the recording client's own queries (``QueueStatus Queue=backoffice`` in
 agent_pause_unpause), possibly filtered, and are not the whole truth.
+
+``ctid replay`` also stores what it replays, as the daemon would (see
+``store_replayed``); ``replay()`` itself only yields the messages, and hands the
+effects to be stored to its caller through ``durable``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from ctid import __version__
+from ctid.adapters.store import OutboxMessage, PresenceRow, Store, StoredRow
 from ctid.app import build_model, messages_of
+from ctid.app import outbox_messages as daemon_outbox
 from ctid.config import Config
 from ctid.core import contract
 from ctid.core.ami import AmiMessage, AmiParser
-from ctid.core.effects import Effect, EmitCallback, Lookup, Publish
+from ctid.core.effects import (
+    Effect,
+    EmitActivity,
+    EmitCall,
+    EmitCallback,
+    Lookup,
+    Publish,
+    RecordInterval,
+    SavePresence,
+)
 from ctid.core.model import Model
 from ctid.core.records import CallbackRecord
 
@@ -121,13 +136,24 @@ class _Replayer:
         return self.model.resync(items, self.now)
 
 
+DurableEffect = EmitActivity | EmitCall | EmitCallback | RecordInterval | SavePresence
+DURABLE_EFFECTS = (EmitActivity, EmitCall, EmitCallback, RecordInterval, SavePresence)
+
+
 def replay(
-    config: Config, capture: Path, *, resolver: Resolver = no_directory
+    config: Config,
+    capture: Path,
+    *,
+    resolver: Resolver = no_directory,
+    durable: list[DurableEffect] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every message ctid would publish for ``capture``, as ``{topic, payload, retain, qos}``.
 
     Directory lookups are answered by ``resolver`` at once, so a pop goes out
-    ``pending`` and its update ``done`` follows at the same moment.
+    ``pending`` and its update ``done`` follows at the same moment. With
+    ``durable``, every effect the daemon writes to SQLite (activities and call
+    rows with their messages, state intervals, presences, callbacks) is appended
+    to it in the model's order, before the messages it causes are yielded.
     """
     model = build_model(config)
     prefix = config.mqtt.topic_prefix
@@ -141,11 +167,13 @@ def replay(
             status = contract.status_payload(ts=now, pbx="up", broker="up", version=__version__)
             yield _line(prefix, contract.STATUS_TOPIC, status, retain=True, qos=1)
             for effect in model.initial_states(now):
+                _keep(durable, effect)
                 for pub in messages_of(effect):
                     yield _line(prefix, pub.topic, pub.payload, retain=pub.retain, qos=pub.qos)
         if not started:
             continue
         for effect in replayer.feed(msg):
+            _keep(durable, effect)
             pubs = (
                 (replayer.inbox(effect),)
                 if isinstance(effect, EmitCallback)
@@ -153,6 +181,34 @@ def replay(
             )
             for pub in pubs:
                 yield _line(prefix, pub.topic, pub.payload, retain=pub.retain, qos=pub.qos)
+
+
+async def store_replayed(store: Store, durable: list[DurableEffect]) -> dict[str, int]:
+    """Write what a replay produced into ``store`` as the daemon would; idempotent.
+
+    Activities and call rows go in with their outbox messages (which a running
+    daemon then publishes), state intervals, presences and callbacks as the
+    daemon writes them. A second replay of the same capture writes nothing
+    (``Store.save_once``): same rows, same ``seq``, no message queued again.
+    Returns the rows written and skipped, by table.
+    """
+    items: list[tuple[StoredRow, list[OutboxMessage]]] = []
+    for effect in durable:
+        if isinstance(effect, EmitActivity | EmitCall):
+            items.append((effect.record, daemon_outbox(effect.messages)))
+        elif isinstance(effect, EmitCallback):
+            items.append((effect.record, []))
+        elif isinstance(effect, RecordInterval):
+            items.append((effect.interval, []))
+        else:
+            row = PresenceRow(effect.agent, effect.presence, effect.reason, effect.since)
+            items.append((row, []))
+    return await store.save_once(items)
+
+
+def _keep(durable: list[DurableEffect] | None, effect: Effect) -> None:
+    if durable is not None and isinstance(effect, DURABLE_EFFECTS):
+        durable.append(effect)
 
 
 def _line(

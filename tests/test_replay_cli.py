@@ -30,6 +30,7 @@ def test_replay_prints_json_lines(capture: Path) -> None:
             "replay",
             "-c",
             str(ROOT / "config" / "ctid.toml"),
+            "--no-store",  # config/ctid.toml stores in /var/lib/ctid
             str(capture),
         ],
         capture_output=True,
@@ -72,6 +73,7 @@ def test_replay_of_a_missing_file_is_a_clear_error() -> None:
             "replay",
             "-c",
             str(ROOT / "config" / "ctid.toml"),
+            "--no-store",
             "/nonexistent.ami",
         ],
         capture_output=True,

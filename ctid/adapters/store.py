@@ -205,6 +205,24 @@ _EXPORT_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "agent-states": ("agent_states", ("id", *_STATE_COLS)),
 }
 
+# An interval already stored identically (a capture replayed twice) is not inserted again.
+_INSERT_STATE_ONCE = (
+    f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) "  # noqa: S608
+    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM agent_states "
+    "WHERE agent = ?1 AND presence = ?2 AND reason = ?3 AND started_at = ?4 AND ended_at = ?5)"
+)
+# The rows of every interaction with a call or activity row written after a seq (reconcile).
+_TOUCHED_CALLS = (
+    "WITH touched AS (SELECT interaction_id FROM calls WHERE seq > ?1 "
+    "UNION SELECT interaction_id FROM activities WHERE seq > ?1) "
+    "SELECT * FROM calls WHERE interaction_id IN touched ORDER BY seq"
+)
+_TOUCHED_ACTIVITIES = (
+    "WITH touched AS (SELECT interaction_id FROM calls WHERE seq > ?1 "
+    "UNION SELECT interaction_id FROM activities WHERE seq > ?1) "
+    "SELECT * FROM activities WHERE interaction_id IN touched ORDER BY seq"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
@@ -225,6 +243,20 @@ class PendingMessage:
     payload: bytes
     qos: int
     retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRow:
+    """An agent's current presence, as ``save_presence`` records it."""
+
+    agent: str
+    presence: str
+    reason: str
+    since: float
+
+
+# What ``save_once`` writes: each with the outbox messages that go with it.
+StoredRow = CallRecord | ActivityRecord | AgentStateInterval | CallbackRecord | PresenceRow
 
 
 Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and its parameter rows (executemany)
@@ -523,6 +555,88 @@ class Store:
         )
         await self._submit([(sql, [(consumer, seq, self._clock())])])
 
+    async def save_once(
+        self, items: Sequence[tuple[StoredRow, Sequence[OutboxMessage]]]
+    ) -> dict[str, int]:
+        """Write ``items`` as the daemon's save_* calls would, but never twice.
+
+        For a re-run of the same input (``ctid replay`` of a capture already
+        stored): a call or activity whose stored row already equals its *last*
+        version in ``items`` is skipped with all its versions and their outbox
+        messages, so it keeps its ``seq`` and nothing is published again; any
+        other is upserted version by version, each with its messages, as the
+        daemon does. A state interval is inserted unless an identical one
+        (agent, presence, reason, start, end) is stored. Callbacks and
+        presences are upserts without ``seq``. One transaction; rows of one
+        kind and the outbox keep the order of ``items``. Returns the number of
+        rows written and skipped, by table.
+        """
+        last: dict[tuple[str, str], CallRecord | ActivityRecord] = {}
+        for row, _ in items:
+            if isinstance(row, CallRecord):
+                last["calls", row.interaction_id] = row
+            elif isinstance(row, ActivityRecord):
+                last["activities", row.id] = row
+        same = await self._stored_equal(last)
+        counts: dict[str, int] = {}
+        statements: list[Statement] = []
+
+        def add(sql: str, values: tuple[Any, ...], counter: str) -> None:
+            counts[counter] = counts.get(counter, 0) + 1
+            if statements and statements[-1][0] == sql:
+                statements[-1][1].append(values)
+            else:
+                statements.append((sql, [values]))
+
+        for row, outbox in items:
+            if isinstance(row, CallRecord | ActivityRecord):
+                table = "calls" if isinstance(row, CallRecord) else "activities"
+                key = row.interaction_id if isinstance(row, CallRecord) else row.id
+                if (table, key) in same:
+                    counts[f"{table}_unchanged"] = counts.get(f"{table}_unchanged", 0) + 1
+                    continue
+                add(_UPSERT_CALL if table == "calls" else _UPSERT_ACTIVITY, _encode(row), table)
+                for message in self._outbox_rows(outbox):
+                    add(_INSERT_OUTBOX, message, "outbox")
+            elif isinstance(row, AgentStateInterval):
+                add(_INSERT_STATE_ONCE, _encode(row), "agent_states_offered")
+            elif isinstance(row, CallbackRecord):
+                add(_UPSERT_CALLBACK, tuple(getattr(row, c) for c in _CALLBACK_COLS), "callbacks")
+            else:
+                add(_UPSERT_PRESENCE, (row.agent, row.presence, row.reason, row.since), "presences")
+        before = await self.max_seq()
+        await self._submit(statements)
+        # Intervals are inserted or not by SQL; count what the sequence moved for them.
+        if "agent_states_offered" in counts:
+            rows = await self._fetch("SELECT count(*) FROM agent_states WHERE seq > ?", (before,))
+            offered = counts.pop("agent_states_offered")
+            counts["agent_states"] = int(rows[0][0])
+            counts["agent_states_unchanged"] = offered - int(rows[0][0])
+        return counts
+
+    async def _stored_equal(
+        self, last: dict[tuple[str, str], CallRecord | ActivityRecord]
+    ) -> set[tuple[str, str]]:
+        """The keys of ``last`` whose stored row equals the given record."""
+        same: set[tuple[str, str]] = set()
+        call_keys = [key for table, key in last if table == "calls"]
+        if call_keys:
+            for r in await self._fetch(
+                "SELECT * FROM calls WHERE interaction_id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(call_keys).decode(),),
+            ):
+                if _to_record(CallRecord, r) == last["calls", r["interaction_id"]]:
+                    same.add(("calls", r["interaction_id"]))
+        activity_keys = [key for table, key in last if table == "activities"]
+        if activity_keys:
+            for r in await self._fetch(
+                "SELECT * FROM activities WHERE id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(activity_keys).decode(),),
+            ):
+                if _to_record(ActivityRecord, r) == last["activities", r["id"]]:
+                    same.add(("activities", r["id"]))
+        return same
+
     # -- reading ------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -595,6 +709,19 @@ class Store:
         """The last seq given to any row (0 when none)."""
         rows = await self._fetch("SELECT value FROM seq_counter")
         return int(rows[0][0])
+
+    async def interaction_rows(
+        self, since_seq: int = 0
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Calls and activities (as ``export`` gives them) of every interaction that
+        has a call or activity row with ``seq > since_seq``: all of its rows, old ones too.
+        """
+        calls = await self._fetch(_TOUCHED_CALLS, (since_seq,))
+        activities = await self._fetch(_TOUCHED_ACTIVITIES, (since_seq,))
+        return (
+            [_decode(r, (*_CALL_COLS, "seq")) for r in calls],
+            [_decode(r, (*_ACTIVITY_COLS, "seq")) for r in activities],
+        )
 
 
 def _succeed(write: _Write) -> None:
