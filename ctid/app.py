@@ -56,7 +56,6 @@ def build_model(config: Config) -> Model:
         agents=specs_from(config.agents, config.calls.interaction_limit),
         attached_prefix=config.calls.attached_prefix,
         pop_on=config.calls.pop_on,
-        interaction_limit=config.calls.interaction_limit,
         wrapup_s=config.calls.wrapup_s,
         max_call_age_s=config.calls.max_call_age_s,
         lookup_deadline_s=config.calls.lookup_deadline_s,

@@ -175,7 +175,6 @@ class ModelSettings:
     agents: tuple[AgentSpec, ...] = ()
     attached_prefix: str = "CTI_"
     pop_on: str = "alerting"
-    interaction_limit: int = 6
     # How long an agent's finished part waits for the customer's next step before
     # it is closed as "answered" (a Redirect-style transfer shows only as the
     # customer dialling the next agent after the first one hung up: README 12).
@@ -478,12 +477,6 @@ class Model:
         if bridge != chan.bridge:
             self.channels[uid] = replace(chan, bridge=bridge)
             self._refresh_agents_of(chan.linkedid, now, out)
-
-    def resync_queue_members(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
-        """Replace every agent's queue memberships with a ``QueueStatus`` answer."""
-        out: list[Effect] = []
-        self._resync_members([i for i in items if i.event == "QueueMember"], now, out)
-        return out
 
     def _resync_members(self, members: list[AmiMessage], now: float, out: list[Effect]) -> None:
         # Members removed while the link was down simply are not listed, so the
@@ -1424,10 +1417,6 @@ class Model:
     def forget_match(self, by: str, value: str) -> None:
         """The answer for one caller changed (an agent chose a record): ask again next time."""
         self.match_cache.pop(f"{by}:{value}", None)
-
-    def invalidate_matches(self) -> None:
-        """The directory changed (an import): forget every cached answer."""
-        self.match_cache.clear()
 
     def _repop(self, call_id: str, now: float, out: list[Effect]) -> None:
         """Publish the latest pop of each part of the call again, with the call's match."""
