@@ -49,7 +49,6 @@ from ctid.core.commands import (
 )
 from ctid.core.effects import Effect, SendAction
 from ctid.core.model import Model, Part
-from ctid.core.numbers import NumberNormalizer
 from ctid.errors import (
     AmiActionFailedError,
     AmiActionTimeoutError,
@@ -111,10 +110,8 @@ class CommandExecutor:
         self._limiter = RateLimiter(
             per_minute=config.commands.rate_per_minute, burst=config.commands.burst
         )
-        self._numbers = NumberNormalizer(
-            default_region=config.numbers.default_region,
-            max_extension_length=config.numbers.max_extension_length,
-        )
+        # The model's normaliser: one cache, and the same reading of numbers as the pops.
+        self._numbers = model.numbers
         self._queues = {q for a in config.agents for q in a.queues}
         self._handlers: dict[str, Callable[[AgentConfig, Command], Awaitable[dict[str, Any]]]] = {
             "login": self._login,

@@ -42,7 +42,7 @@ from ctid.core.effects import (
     SavePresence,
     SendAction,
 )
-from ctid.core.model import Model, ModelSettings, specs_from
+from ctid.core.model import Model, ModelSettings, join_notes, specs_from
 from ctid.core.numbers import NumberNormalizer
 from ctid.errors import AmiError, BusError, CtidError, StoreError
 from ctid.systemd import notify, watchdog_interval_s
@@ -158,13 +158,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        numbers = NumberNormalizer(
-            default_region=self.config.numbers.default_region,
-            max_extension_length=self.config.numbers.max_extension_length,
-        )
         async with (
             Store.open(self.config.store) as store,
-            Directory.open(self.config.store, normalizer=numbers) as directory,
+            # The model's normaliser: lookups read numbers exactly as pops show them.
+            Directory.open(self.config.store, normalizer=self.model.numbers) as directory,
         ):
             self._store = store
             self._directory = directory
@@ -551,7 +548,7 @@ class _StoreHistory:
             return False
         latest = rows[-1]
         if notes is not None:
-            latest = replace(latest, notes=f"{latest.notes}\n{notes}" if latest.notes else notes)
+            latest = replace(latest, notes=join_notes(latest.notes, notes))
         if record is not None:
             latest = replace(latest, customer_record=record)
         self._daemon._emit(self._daemon.model.republish_activity(latest, time.time()))

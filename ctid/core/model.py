@@ -1213,7 +1213,7 @@ class Model:
 
         def updated(part: Part) -> Part:
             if notes is not None:
-                part = replace(part, notes=f"{part.notes}\n{notes}" if part.notes else notes)
+                part = replace(part, notes=join_notes(part.notes, notes))
             if record is not None:
                 part = replace(part, customer_record=record)
             return part
@@ -1228,8 +1228,7 @@ class Model:
         activity = agent.wrapup_activity if agent is not None else None
         if agent is not None and activity is not None and activity.interaction_id == interaction:
             if notes is not None:
-                joined = f"{activity.notes}\n{notes}" if activity.notes else notes
-                activity = replace(activity, notes=joined)
+                activity = replace(activity, notes=join_notes(activity.notes, notes))
             if record is not None:
                 activity = replace(activity, customer_record=record)
             self.agents[agent_id] = replace(agent, wrapup_activity=activity)
@@ -1780,6 +1779,11 @@ def _outbound_outcome(call: Call) -> str:
     if call.customer_cause in _FAILED_CAUSES:
         return "failed"
     return _DIAL_FAILURES.get(call.dial_status, "failed")
+
+
+def join_notes(old: str, new: str) -> str:
+    """An agent's notes with ``new`` added on a line of its own."""
+    return f"{old}\n{new}" if old else new
 
 
 def _no_match(number: Number) -> dict[str, Any]:
