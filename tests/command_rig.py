@@ -127,6 +127,13 @@ async def until(condition: Callable[[], bool], within_s: float = 5.0, what: str 
         raise AssertionError(f"not within {within_s} s: {what or condition}") from None
 
 
+# inbound_answered, cut after the bridge: the customer's channel is the call (its
+# Linkedid) and alice's leg answered it. Shared by the command tests.
+CALL = "1795308161.0"
+CUSTOMER = "PJSIP/carrier-00000000"
+ALICE_LEG = "PJSIP/1001-00000001"
+
+
 class Listener:
     """One broker user's MQTT session: everything it receives, in order."""
 

@@ -26,7 +26,10 @@ from ctid.core.ami import AmiMessage
 from ctid.core.commands import ERROR_CODES, MAX_PAYLOAD
 from ctid.sim.server import error
 from tests.command_rig import (
+    ALICE_LEG,
+    CALL,
     CAPTURES,
+    CUSTOMER,
     Rig,
     bridge_enter,
     command_rig,
@@ -38,10 +41,6 @@ from tests.command_rig import (
     until,
 )
 
-# inbound_answered: the customer's channel is the call (Linkedid); alice's leg answers it.
-CALL = "1795308161.0"
-CUSTOMER = "PJSIP/carrier-00000000"
-ALICE_LEG = "PJSIP/1001-00000001"
 # attended_transfer: alice's leg consults bob (the Atxfer of the capture).
 CONSULT_CALL = "1795308280.21"
 ALICE_CONSULT_LEG = "PJSIP/1001-00000016"

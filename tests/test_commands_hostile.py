@@ -47,7 +47,10 @@ from ctid.core.commands import (
     readable_id,
 )
 from tests.command_rig import (
+    ALICE_LEG,
+    CALL,
     CAPTURES,
+    CUSTOMER,
     Rig,
     bridge_enter,
     command_rig,
@@ -59,9 +62,6 @@ from tests.command_rig import (
     until,
 )
 
-CALL = "1795308161.0"
-CUSTOMER = "PJSIP/carrier-00000000"
-ALICE_LEG = "PJSIP/1001-00000001"
 ALICE_DEVICE = "PJSIP/1001"
 
 # The fields each action a command may send can carry, besides Action and ActionID.
