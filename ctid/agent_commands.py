@@ -53,6 +53,7 @@ from ctid.errors import (
     AmiActionFailedError,
     AmiActionTimeoutError,
     AmiNotConnectedError,
+    BusError,
     CtidError,
     StoreError,
 )
@@ -76,6 +77,8 @@ class DirectoryAccess(Protocol):
 
 class History(Protocol):
     async def recent(self, agent: str, limit: int) -> list[dict[str, Any]]: ...
+
+    async def replay(self, agent: str, since: int, limit: int) -> dict[str, Any]: ...
 
     async def annotate(
         self, interaction: str, agent: str, notes: str | None, record: str | None
@@ -131,6 +134,7 @@ class CommandExecutor:
             "notes": self._notes,
             "select": self._select,
             "history": self._recent,
+            "replay": self._replay,
             "search": self._search,
         }
 
@@ -497,3 +501,21 @@ class CommandExecutor:
         except StoreError as exc:
             raise CommandError("internal", "the history could not be read") from exc
         return {"interactions": items}
+
+    async def _replay(self, agent: AgentConfig, cmd: Command) -> dict[str, Any]:
+        """Re-send the agent's messages after ``since``, from SQLite (issue 6).
+
+        The reply comes after the re-sent messages. ``lost`` > 0: some are no
+        longer kept (beyond ``commands.replay_window``), reload from the
+        snapshot; ``more``: ask again with ``since`` = ``last_seq``.
+        """
+        if self._history is None:
+            raise CommandError("internal", "no message store")
+        try:
+            return await self._history.replay(
+                agent.id, cmd.get("since"), self.config.commands.replay_window
+            )
+        except StoreError as exc:
+            raise CommandError("internal", "the stream could not be read") from exc
+        except BusError as exc:
+            raise CommandError("internal", "the broker went away while re-sending") from exc

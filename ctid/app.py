@@ -23,7 +23,7 @@ from ctid import __version__
 from ctid.adapters.ami import ActionSender, AmiClient
 from ctid.adapters.bus import Bus
 from ctid.adapters.directory import Directory
-from ctid.adapters.store import OutboxMessage, Store
+from ctid.adapters.store import AgentMessage, OutboxMessage, Store
 from ctid.agent_commands import CommandExecutor
 from ctid.config import Config
 from ctid.core import contract
@@ -102,6 +102,10 @@ class Resync:
 # In this order (DESIGN.md): channels first, so calls that ended during the
 # outage are closed before queue memberships and presences are rebuilt.
 RESYNC_ACTIONS = ("CoreShowChannels", "BridgeList", "QueueStatus", "Status")
+# What the publisher task takes, in the model's order.
+Outgoing = Publish | EmitActivity | EmitCall | EmitCallback
+# At most this many queued effects are logged in one transaction before publishing.
+_PUBLISH_BATCH = 500
 
 
 class Daemon:
@@ -134,9 +138,7 @@ class Daemon:
             ),
             on_connected=self._on_bus_connected,
         )
-        self._publishes: asyncio.Queue[Publish | EmitActivity | EmitCall | EmitCallback] = (
-            asyncio.Queue()
-        )
+        self._publishes: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._durable: asyncio.Queue[Effect] = asyncio.Queue()
         self._outbox_kick = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
@@ -167,6 +169,8 @@ class Daemon:
             self._directory = directory
             for agent_id, (presence, reason, since) in (await store.load_presences()).items():
                 self.model.restore_presence(agent_id, presence, reason, since)
+            for agent_id, seq in (await store.agent_seqs()).items():
+                self.model.restore_seq(agent_id, seq)
             self._emit(self.model.initial_states(time.time()))
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -265,7 +269,7 @@ class Daemon:
 
     def _emit(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Publish | EmitActivity | EmitCall | EmitCallback):
+            if isinstance(effect, Outgoing):
                 self._publishes.put_nowait(effect)
             elif isinstance(effect, SendAction):
                 self._spawn(self._send_action(effect), "ctid.ami.action")
@@ -374,28 +378,57 @@ class Daemon:
 
         Per-agent messages carry a growing ``seq``; publishing them in one
         ordered stream is what lets a front end treat a gap as a real loss.
+        Whatever is queued is taken as one batch: its per-agent messages are
+        logged in SQLite first (one transaction), so ``replay`` can re-send
+        anything a page saw or missed, and a restart goes on from the last seq.
         Activities and call rows are stored first (with their messages in the
         outbox) and published from the outbox, so a crash or a broker outage
         delays them but never loses them.
         """
         while True:
-            effect = await self._publishes.get()
+            batch = [await self._publishes.get()]
+            while len(batch) < _PUBLISH_BATCH and not self._publishes.empty():
+                batch.append(self._publishes.get_nowait())
             try:
-                if isinstance(effect, Publish):
-                    await self.bus.publish(
-                        effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
-                    )
-                elif isinstance(effect, EmitCallback):
-                    await self._store_callback(effect)
-                else:
-                    await self._store_durable(effect)
-                    await self._drain_outbox()
-            except BusError as exc:
-                # Pops and call updates are live signals: a broker outage loses
-                # them, and the retained state/snapshot heal the page after it.
-                log.debug("bus.publish_dropped", error=str(exc))
+                await self._log_agent_messages(batch)
+                for effect in batch:
+                    await self._publish_one(effect)
             finally:
-                self._publishes.task_done()
+                for _ in batch:
+                    self._publishes.task_done()
+
+    async def _publish_one(self, effect: Outgoing) -> None:
+        try:
+            if isinstance(effect, Publish):
+                await self.bus.publish(
+                    effect.topic, effect.payload, qos=effect.qos, retain=effect.retain
+                )
+            elif isinstance(effect, EmitCallback):
+                await self._store_callback(effect)
+            else:
+                await self._store_durable(effect)
+                await self._drain_outbox()
+        except BusError as exc:
+            # Pops and call updates are live signals: a broker outage loses
+            # them, and the retained state/snapshot and `replay` heal the page.
+            log.debug("bus.publish_dropped", error=str(exc))
+
+    async def _log_agent_messages(self, batch: list[Outgoing]) -> None:
+        store = self._store
+        if store is None:
+            return
+        now = time.time()
+        logged = [
+            AgentMessage(agent, int(m.payload["seq"]), m.topic, orjson.dumps(m.payload), now)
+            for effect in batch
+            for m in messages_of(effect)
+            if (agent := contract.agent_of_topic(m.topic)) is not None and "seq" in m.payload
+        ]
+        try:
+            await store.log_agent_messages(logged, keep=self.config.commands.replay_window)
+        except StoreError:
+            # The live stream matters more than its replay: publish anyway.
+            log.exception("store.agent_log_failed", messages=len(logged))
 
     async def _store_durable(self, effect: EmitActivity | EmitCall) -> None:
         store = self._store
@@ -535,6 +568,31 @@ class _StoreHistory:
             return []
         rows = await store.recent_interactions(agent, limit)
         return [contract.activity_payload(r, ts=r.ended_at, seq=0) for r in rows]
+
+    async def replay(self, agent: str, since: int, limit: int) -> dict[str, Any]:
+        """Re-send the agent's messages after ``since`` (at most ``limit``), as published.
+
+        Each goes to its own topic, never retained (a retained state or snapshot
+        must stay the latest), with ``replayed: true`` added. Returns what was
+        re-sent and what is gone; raises ``BusError`` if the broker went away.
+        """
+        store = self._daemon._store
+        if store is None:
+            raise StoreError("the store is closed")
+        found = await store.agent_messages(agent, since, limit)
+        for message in found.messages:
+            payload = orjson.loads(message.payload)
+            payload["replayed"] = True
+            await self._daemon.bus.publish(message.topic, payload, qos=1)
+        return {
+            "since": since,
+            "resent": len(found.messages),
+            "first_seq": found.messages[0].seq if found.messages else None,
+            "last_seq": found.messages[-1].seq if found.messages else None,
+            "seq": found.last_seq,
+            "lost": found.lost,
+            "more": found.more,
+        }
 
     async def annotate(
         self, interaction: str, agent: str, notes: str | None, record: str | None

@@ -537,11 +537,6 @@ async def test_malformed_payloads_bad_json_too_large_bad_request_unknown_command
         ({"id": "b7", "cmd": "hangup", "interaction": ["x"]}, "bad_request", "b7"),
         ({"id": "b8", "cmd": "history", "limit": 1000}, "bad_request", "b8"),
         ({"id": "u1", "cmd": "fly"}, "unknown_command", "u1"),
-        (
-            {"id": "u2", "cmd": "replay", "since": 0},
-            "unknown_command",
-            "u2",
-        ),
         ({"id": "u3", "cmd": "Action: Command\r\n"}, "unknown_command", "u3"),
     ]
     async with command_rig(ctid_config, members=logged_in("alice")) as rig:

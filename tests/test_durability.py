@@ -588,6 +588,15 @@ async def sigkill_and_restart(
             by_id.setdefault(orjson.loads(payload)["id"], set()).add(payload)
     assert all(len(p) == 1 for p in by_id.values()), "an activity id with two payloads"
     assert set(by_id) == set(stored)
+    # A page's stream survives the restart: the restarted daemon goes on after each agent's
+    # last seq, so no seq names two different messages (a QoS 1 redelivery is the same bytes).
+    by_seq: dict[tuple[str, int], set[bytes]] = {}
+    for topic, payload in received:
+        if topic.startswith("ctid/v1/agents/"):
+            message = orjson.loads(payload)
+            by_seq.setdefault((message["agent"], message["seq"]), set()).add(payload)
+    reused = sorted(k for k, p in by_seq.items() if len(p) > 1)
+    assert not reused, f"a per-agent seq given to two different messages: {reused}"
     print(
         f"SIGKILL: {len(before['activities'])} activities before the kill, "
         f"{len(stored)} at the end, "

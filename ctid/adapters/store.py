@@ -169,6 +169,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             generation INTEGER NOT NULL) STRICT""",
         "INSERT INTO directory_meta (id, generation) VALUES (1, 0)",
     ),
+    (
+        # The per-agent stream (issue 6): every message published on an agent's
+        # topics with its seq, so ``replay {since}`` can re-send what a page missed.
+        # Only the last ``commands.replay_window`` per agent are kept.
+        """CREATE TABLE agent_messages (
+            agent TEXT NOT NULL,
+            seq INTEGER NOT NULL CHECK (seq > 0),
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (agent, seq)) STRICT, WITHOUT ROWID""",
+        # The last seq given per agent: a restarted daemon goes on from it, so a
+        # page never sees a seq twice (pruning agent_messages must not lower it).
+        """CREATE TABLE agent_seq (
+            agent TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL CHECK (seq >= 0)) STRICT""",
+    ),
 )
 
 _JSON_COLS = frozenset({"agents", "extra"})
@@ -243,6 +260,37 @@ class PendingMessage:
     payload: bytes
     qos: int
     retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessage:
+    """A message of an agent's stream as it was published: relative topic, JSON bytes."""
+
+    agent: str
+    seq: int
+    topic: str
+    payload: bytes
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessages:
+    """What ``agent_messages`` found after a seq: the messages, and what is gone or left."""
+
+    messages: list[AgentMessage]
+    last_seq: int  # the agent's last seq given (0: none yet)
+    lost: int  # messages after ``since`` no longer kept (pruned): the page must reload
+    more: bool  # more messages after the last one returned (ask again from it)
+
+
+_INSERT_AGENT_MESSAGE = (
+    "INSERT OR IGNORE INTO agent_messages (agent, seq, topic, payload, at) VALUES (?, ?, ?, ?, ?)"
+)
+_UPSERT_AGENT_SEQ = (
+    "INSERT INTO agent_seq (agent, seq) VALUES (?, ?) "
+    "ON CONFLICT (agent) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
+_PRUNE_AGENT_MESSAGES = "DELETE FROM agent_messages WHERE agent = ? AND seq <= ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +579,58 @@ class Store:
     async def save_presence(self, agent: str, presence: str, reason: str, since: float) -> None:
         """Record the agent's current presence and reason (replacing the previous one)."""
         await self._submit([(_UPSERT_PRESENCE, [(agent, presence, reason, since)])])
+
+    async def log_agent_messages(self, messages: Sequence[AgentMessage], *, keep: int) -> None:
+        """Append messages to their agents' streams, keeping the last ``keep`` per agent.
+
+        Called before the messages are published, so whatever a page saw can be
+        re-sent; the agent's last seq is kept apart and only ever grows.
+        """
+        if not messages:
+            return
+        last: dict[str, int] = {}
+        for m in messages:
+            last[m.agent] = max(last.get(m.agent, 0), m.seq)
+        await self._submit(
+            [
+                (
+                    _INSERT_AGENT_MESSAGE,
+                    [(m.agent, m.seq, m.topic, m.payload, m.at) for m in messages],
+                ),
+                (_UPSERT_AGENT_SEQ, list(last.items())),
+                (_PRUNE_AGENT_MESSAGES, [(a, seq - keep) for a, seq in last.items() if seq > keep]),
+            ]
+        )
+
+    async def agent_seqs(self) -> dict[str, int]:
+        """Every agent's last seq given (for a restarted daemon to go on from)."""
+        rows = await self._fetch("SELECT agent, seq FROM agent_seq")
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def agent_messages(self, agent: str, since: int, limit: int) -> AgentMessages:
+        """The agent's messages with ``seq > since``, oldest first, at most ``limit``."""
+        # One statement, one snapshot: the last seq and the rows agree even while
+        # the publisher logs and prunes.
+        rows = await self._fetch(
+            "SELECT s.last, m.seq, m.topic, m.payload, m.at "
+            "FROM (SELECT coalesce((SELECT seq FROM agent_seq WHERE agent = ?1), 0) AS last) s "
+            "LEFT JOIN (SELECT seq, topic, payload, at FROM agent_messages "
+            "WHERE agent = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) m ORDER BY m.seq",
+            (agent, since, limit + 1),
+        )
+        last_seq = int(rows[0][0])
+        messages = [
+            AgentMessage(agent, int(r[1]), r[2], bytes(r[3]), float(r[4]))
+            for r in rows
+            if r[1] is not None
+        ]
+        first = messages[0].seq if messages else last_seq + 1
+        return AgentMessages(
+            messages=messages[:limit],
+            last_seq=last_seq,
+            lost=max(0, first - (min(since, last_seq) + 1)),
+            more=len(messages) > limit,
+        )
 
     async def outbox_mark_delivered(self, ids: Iterable[int]) -> None:
         """Mark outbox messages as published (already delivered ones keep their time)."""

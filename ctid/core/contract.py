@@ -25,6 +25,14 @@ def agent_topic(agent: str, leaf: str) -> str:
     return f"v1/agents/{agent}/{leaf}"
 
 
+def agent_of_topic(topic: str) -> str | None:
+    """The agent whose topic this is (``v1/agents/{agent}/{leaf}``), else None."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == "v1" and parts[1] == "agents" and parts[2]:
+        return parts[2]
+    return None
+
+
 STATUS_TOPIC = "v1/status"
 CRM_ACTIVITY_TOPIC = "v1/crm/activity"
 CRM_CALLS_TOPIC = "v1/crm/calls"

@@ -523,6 +523,12 @@ class Model:
             return
         self.agents[agent_id] = replace(agent, presence=value, reason=reason, since=since)
 
+    def restore_seq(self, agent_id: str, seq: int) -> None:
+        """The agent's last ``seq`` before a restart: its stream goes on after it."""
+        agent = self.agents.get(agent_id)
+        if agent is not None and seq > agent.seq:
+            self.agents[agent_id] = replace(agent, seq=seq)
+
     def _on_originate_response(self, msg: AmiMessage, now: float, out: list[Effect]) -> None:
         # The only place that names the number of a click to dial whose agent leg
         # never answered: Failure, Reason 3, Uniqueid <unknown>, Channel = the
