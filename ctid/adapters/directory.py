@@ -54,24 +54,36 @@ from ctid.errors import StoreError
 
 _CacheKey = tuple[str, str]  # ("number" | "email", normalised key)
 
-_SELECT_CANDIDATES = """
-    SELECT e.id, e.kind, e.name, e.organization, o.name,
-           (SELECT record_id FROM directory_choices WHERE key = ?1)
-    FROM {table} x
-    JOIN directory_entries e ON e.id = x.entry
-    LEFT JOIN directory_entries o ON o.id = e.organization
-    WHERE x.{column} = ?1
-    GROUP BY e.id
-    ORDER BY e.name_key, e.id
-    LIMIT ?2"""
-_CANDIDATES = {
-    "number": _SELECT_CANDIDATES.format(table="directory_numbers", column="e164"),
-    "email": _SELECT_CANDIDATES.format(table="directory_emails", column="email"),
+# One statement per lookup (each statement is a hop to aiosqlite's thread, which is
+# most of a lookup's cost): the candidates (part 0) and, when exactly one candidate
+# is an organization, that organization's contacts (part 1), for ``classify`` to use
+# if the match turns out to be ``organization``.
+_SELECT_MATCH = """
+    WITH cand AS MATERIALIZED (
+        SELECT e.id, e.kind, e.name, e.organization, o.name AS org_name, e.name_key
+        FROM {table} x
+        JOIN directory_entries e ON e.id = x.entry
+        LEFT JOIN directory_entries o ON o.id = e.organization
+        WHERE x.{column} = ?1
+        GROUP BY e.id
+        ORDER BY e.name_key, e.id
+        LIMIT ?2),
+    org AS (
+        SELECT min(id) AS id FROM cand WHERE kind = 'organization' HAVING count(*) = 1)
+    SELECT 0, id, kind, name, organization, org_name,
+           (SELECT record_id FROM directory_choices WHERE key = ?1), name_key
+    FROM cand
+    UNION ALL
+    SELECT 1, id, kind, name, organization, '', NULL, name_key FROM (
+        SELECT c.id, c.kind, c.name, c.organization, c.name_key FROM directory_entries c
+        WHERE c.organization = (SELECT id FROM org)
+        ORDER BY c.name_key, c.id
+        LIMIT ?3)
+    ORDER BY 1, 8, 2"""
+_MATCH = {
+    "number": _SELECT_MATCH.format(table="directory_numbers", column="e164"),
+    "email": _SELECT_MATCH.format(table="directory_emails", column="email"),
 }
-_CONTACTS = (
-    "SELECT id, kind, name FROM directory_entries WHERE organization = ? "
-    "ORDER BY name_key, id LIMIT ?"
-)
 _UPSERT_ENTRY = (
     "INSERT INTO directory_entries "
     "(id, kind, name, name_key, organization, digest, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -221,14 +233,13 @@ class Directory:
         if hit is not None:
             return hit
         epoch = self._epoch
-        rows = await self._fetch(_CANDIDATES[key[0]], (key[1], self._max_records))
-        candidates = records_from_rows(rows)
-        chosen = (rows[0][5] or "") if rows else ""
-        kind, org_id = classify(candidates)
+        rows = await self._fetch(_MATCH[key[0]], (key[1], self._max_records, self._max_contacts))
+        candidates = records_from_rows(r[1:7] for r in rows if r[0] == 0)
+        chosen = (rows[0][6] or "") if rows else ""
+        kind, _ = classify(candidates)
         contacts: Sequence[Record] = ()
-        if kind == "organization" and self._max_contacts:
-            contact_rows = await self._fetch(_CONTACTS, (org_id, self._max_contacts))
-            contacts = [Record(r[0], r[1], r[2]) for r in contact_rows]
+        if kind == "organization":
+            contacts = [Record(r[1], r[2], r[3]) for r in rows if r[0] == 1]
         match = build_match(candidates, contacts, chosen=chosen)
         if epoch == self._epoch:  # no import cleared the cache meanwhile
             self._cache.put(key, match)
