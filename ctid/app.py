@@ -212,6 +212,11 @@ class Daemon:
                 async with asyncio.timeout(5):
                     await self._publishes.join()
         await self.bus.close(self._status("down", daemon="stopped"))
+        # Lookups and actions still in flight: their answers have nowhere to go now,
+        # and the directory closes next (they would log a failure against it).
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in tasks:
             if task.get_name() != "ctid.bus":
                 task.cancel()
