@@ -161,7 +161,9 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         async with (
-            Store.open(self.config.store) as store,
+            Store.open(
+                self.config.store, service_level_s=self.config.stats.service_level_s
+            ) as store,
             # The model's normaliser: lookups read numbers exactly as pops show them.
             Directory.open(self.config.store, normalizer=self.model.numbers) as directory,
         ):

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = sub.add_parser("sync", help="CRM sync: export rows after a seq, acknowledge, reconcile")
     sync_sub = sync.add_subparsers(dest="sync_command", required=True)
-    kinds = ("activities", "calls", "agent-states")
+    kinds = ("activities", "calls", "agent-states", "queue-intervals")
     exp = sync_sub.add_parser(
         "export",
         help="print the rows with seq > SEQ in seq order (summary on stderr)",
@@ -232,7 +232,7 @@ def _replay(config_path: Path, capture: Path, *, store: bool) -> int:
     async def run() -> None:
         from ctid.adapters.store import Store
 
-        async with Store.open(config.store) as db:
+        async with Store.open(config.store, service_level_s=config.stats.service_level_s) as db:
             await store_replayed(db, durable)
 
     asyncio.run(run())

@@ -125,6 +125,13 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsConfig:
+    """Statistics in SQLite (``queue_intervals``)."""
+
+    service_level_s: float = 20.0  # a call answered within this wait counts as within service level
+
+
+@dataclass(frozen=True, slots=True)
 class ReasonConfig:
     code: str
     label: str
@@ -157,6 +164,7 @@ class Config:
     log: LogConfig = LogConfig()
     dialplan: DialplanConfig = DialplanConfig()
     commands: CommandsConfig = CommandsConfig()
+    stats: StatsConfig = StatsConfig()
     reasons: tuple[ReasonConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = ()
     source: Path | None = None
@@ -168,7 +176,7 @@ _T = TypeVar("_T")
 # A validator: takes the dotted key and the raw TOML value, returns the typed value.
 _Check = Callable[[str, object], _T]
 
-_SECTIONS = ("ami", "mqtt", "store", "numbers", "calls", "log", "dialplan", "commands")
+_SECTIONS = ("ami", "mqtt", "store", "numbers", "calls", "log", "dialplan", "commands", "stats")
 _ARRAYS = ("reasons", "agents")
 
 # C0 and C1 control characters. None of them belongs in a configured string, and CR/LF
@@ -610,6 +618,14 @@ def _commands(value: object) -> CommandsConfig:
     )
 
 
+def _stats(value: object) -> StatsConfig:
+    d = StatsConfig()
+    t = _Table("stats", value, _fields(StatsConfig), "a table [stats]")
+    return StatsConfig(
+        service_level_s=t.get("service_level_s", d.service_level_s, _seconds(most=3600.0)),
+    )
+
+
 def _log(value: object) -> LogConfig:
     d = LogConfig()
     t = _Table("log", value, _fields(LogConfig), "a table [log]")
@@ -774,6 +790,7 @@ def config_from_mapping(
         log=_log(data.get("log", {})),
         dialplan=_dialplan(data.get("dialplan", {})),
         commands=_commands(data.get("commands", {})),
+        stats=_stats(data.get("stats", {})),
         reasons=_reasons(data.get("reasons", [])),
         agents=_agents(data.get("agents", []), base_dir, numbers, mqtt),
         source=source,

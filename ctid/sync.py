@@ -1,14 +1,16 @@
 """``ctid sync``: incremental export to a CRM, acknowledgement, reconciliation.
 
-Every row of ``calls``, ``activities`` and ``agent_states`` carries ``seq``, one
-sequence across the three tables, given on every insert and every update (an
-updated row comes again, with a higher ``seq``). A CRM exports the rows of one
-kind after its cursor, stores them (upsert by ``id`` / ``interaction_id``) and
-acknowledges the last ``seq`` it took. Export only reads: the same command gives
-the same rows until something new is written, so re-exporting after a crash on
-either side loses and duplicates nothing. Writers commit one transaction at a
-time, so no row with a lower ``seq`` can appear after one with a higher ``seq``
-has been seen: a cursor never skips a row.
+Every row of ``calls``, ``activities``, ``agent_states`` and ``queue_intervals``
+carries ``seq``, one sequence across the four tables, given on every insert and
+every update (an updated row comes again, with a higher ``seq``). A CRM exports
+the rows of one kind after its cursor, stores them (upsert by ``id`` /
+``interaction_id`` / ``(queue, interval_start)``: a queue interval's counters
+come again whenever a call changes them) and acknowledges the last ``seq`` it
+took. Export only reads: the same command gives the same rows until something
+new is written, so re-exporting after a crash on either side loses and
+duplicates nothing. Writers commit one transaction at a time, so no row with a
+lower ``seq`` can appear after one with a higher ``seq`` has been seen: a cursor
+never skips a row.
 
 Reconciliation checks what a CRM administrator needs to trust the numbers
 (``reconcile``; each problem is one JSON line):
@@ -39,10 +41,10 @@ from typing import IO, Any, Final
 
 import orjson
 
-from ctid.adapters.store import ExportKind, Store
+from ctid.adapters.store import QUEUE_INTERVAL_COLS, ExportKind, Store
 from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
 
-KINDS: Final[tuple[ExportKind, ...]] = ("activities", "calls", "agent-states")
+KINDS: Final[tuple[ExportKind, ...]] = ("activities", "calls", "agent-states", "queue-intervals")
 FORMATS: Final = ("jsonl", "csv")
 
 # The columns of each kind, in the order ``Store.export`` gives them.
@@ -50,6 +52,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "calls": (*(f.name for f in fields(CallRecord)), "seq"),
     "activities": (*(f.name for f in fields(ActivityRecord)), "seq"),
     "agent-states": ("id", *(f.name for f in fields(AgentStateInterval)), "seq"),
+    "queue-intervals": (*QUEUE_INTERVAL_COLS, "seq"),
 }
 
 

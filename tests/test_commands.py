@@ -750,7 +750,10 @@ async def test_timeout_when_asterisk_does_not_answer(ctid_config: Config) -> Non
 
     def short(config: Config) -> Config:
         return dataclasses.replace(
-            config, ami=dataclasses.replace(config.ami, action_timeout_s=0.3)
+            # Short, but not so short that a loaded CI machine times out the next,
+            # answered, action too.
+            config,
+            ami=dataclasses.replace(config.ami, action_timeout_s=1.0),
         )
 
     async with command_rig(ctid_config, adjust=short) as rig:
@@ -795,7 +798,8 @@ async def test_internal_when_the_store_fails(ctid_config: Config) -> None:
     """internal is the answer to a failure of ctid itself: here the SQLite file lost its
     activities table under the running daemon (no mock), so history cannot be read."""
     async with command_rig(ctid_config) as rig:
-        db = sqlite3.connect(ctid_config.store.path)
+        # The daemon writes (its per-agent message log) while this waits for the lock.
+        db = sqlite3.connect(ctid_config.store.path, timeout=30)
         try:
             db.execute("ALTER TABLE activities RENAME TO activities_lost")
             db.commit()

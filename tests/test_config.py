@@ -24,6 +24,7 @@ from ctid.config import (
     MqttConfig,
     NumbersConfig,
     ReasonConfig,
+    StatsConfig,
     StoreConfig,
     config_from_mapping,
     load_config,
@@ -90,6 +91,7 @@ def test_shipped_config_documents_every_key() -> None:
         "numbers": NumbersConfig,
         "calls": CallsConfig,
         "log": LogConfig,
+        "stats": StatsConfig,
         "reasons": ReasonConfig,
         "agents": AgentConfig,
     }
@@ -111,6 +113,15 @@ def test_shipped_values_equal_schema_defaults() -> None:
     assert config.numbers == NumbersConfig()
     assert config.calls == CallsConfig()
     assert config.log == LogConfig()
+    assert config.stats == StatsConfig()
+
+
+def test_stats_service_level(tmp_path: Path) -> None:
+    """[stats] service_level_s: default 20 s, an integer or a float, rendered back."""
+    assert load_text(tmp_path, BASE).stats.service_level_s == 20.0
+    config = load_text(tmp_path, BASE + "[stats]\nservice_level_s = 30\n")
+    assert config.stats == StatsConfig(service_level_s=30.0)
+    assert "[stats]\nservice_level_s = 30.0" in render_effective(config)
 
 
 def test_minimal_example_loads(tmp_path: Path) -> None:
@@ -362,11 +373,20 @@ ERRORS = [
         'dialplan.threeway_dtmf: expected DTMF digits like "*3", got "x"',
     ),
     ("[commands]\nburst = 0", "commands.burst: expected an integer 1-10000, got 0"),
+    (
+        "[stats]\nservice_level_s = 0",
+        "stats.service_level_s: expected a number of seconds > 0 (at most 3600), got 0",
+    ),
+    (
+        '[stats]\nservice_level_s = "20"',
+        'stats.service_level_s: expected a number of seconds > 0 (at most 3600), got "20"',
+    ),
+    ("[stats]\nsl = 20", "stats.sl: unknown key (known: service_level_s)"),
     ("[amii]", 'amii: unknown section (did you mean "ami"?)'),
     (
         "[amqp]",
         "amqp: unknown section (known: ami, mqtt, store, numbers, calls, log, dialplan, "
-        "commands, reasons, agents)",
+        "commands, stats, reasons, agents)",
     ),
     ("[agent]", 'agent: unknown section (did you mean "agents"?)'),
     ("[agents]", "agents: expected an array of tables [[agents]], got a table"),

@@ -63,7 +63,8 @@ def activity(n: int, agent: str = "alice", **changes: object) -> ActivityRecord:
 
 
 def interval(n: int) -> AgentStateInterval:
-    return AgentStateInterval("alice", "not_ready", "lunch", 2000.0 + n, 2100.0 + n)
+    """The agent's n-th interval: 100 s each, one after the other (intervals never overlap)."""
+    return AgentStateInterval("alice", "not_ready", "lunch", 2000.0 + 100 * n, 2100.0 + 100 * n)
 
 
 def msg(
@@ -268,20 +269,24 @@ async def test_cancelled_caller_does_not_undo_or_break_the_write(tmp_path: Path)
 
 
 async def test_seq_increases_across_tables_and_bumps_on_update(tmp_path: Path) -> None:
-    """One sequence spans calls, activities and state intervals; an update takes a new seq."""
+    """One sequence spans calls, queue counters, activities and state intervals; an update
+    takes a new seq (the call's queue interval too, as its counters change)."""
     async with opened(tmp_path / "s.db") as store:
         await store.save_call(call(1))
         await store.save_activity(activity(1))
         await store.save_state_interval(interval(1))
         await store.save_call(call(1, outcome="abandoned"))
         calls = await store.export(0, "calls")
+        counters = await store.export(0, "queue-intervals")
         acts = await store.export(0, "activities")
         states = await store.export(0, "agent-states")
-        assert [r["seq"] for r in calls] == [4]
+        # Both written by the one statement (a trigger): which takes its seq first is SQLite's.
+        assert sorted([calls[0]["seq"], counters[0]["seq"]]) == [5, 6]
         assert calls[0]["outcome"] == "abandoned"
-        assert [r["seq"] for r in acts] == [2]
-        assert [r["seq"] for r in states] == [3]
-        assert await store.max_seq() == 4
+        assert counters[0]["abandoned"] == 1
+        assert [r["seq"] for r in acts] == [3]
+        assert [r["seq"] for r in states] == [4]
+        assert await store.max_seq() == 6
 
 
 async def test_export_since_cursor_round_trip(tmp_path: Path) -> None:
@@ -316,10 +321,11 @@ async def test_ack_beyond_last_seq_is_refused(tmp_path: Path) -> None:
     async with opened(tmp_path / "s.db") as store:
         assert await store.cursor("crm") == 0
         await store.save_call(call(1))
-        await store.ack("crm", 1)
+        last = await store.max_seq()  # the call and its queue counters
+        await store.ack("crm", last)
         with pytest.raises(StoreError, match="beyond the last seq"):
-            await store.ack("crm", 2)
-        assert await store.cursor("crm") == 1
+            await store.ack("crm", last + 1)
+        assert await store.cursor("crm") == last
 
 
 async def test_outbox_pending_delivered_and_purge(tmp_path: Path) -> None:
@@ -391,7 +397,8 @@ def test_random_interleavings_keep_seq_unique_and_rows_whole(
                 saves = []
                 for i, (kind, key) in enumerate(ops[start : start + size], start):
                     if kind == "call":
-                        saves.append(store.save_call(call(key, transfers=i)))
+                        # No queue: its counters' seqs are tested on their own.
+                        saves.append(store.save_call(call(key, transfers=i, queue="")))
                     elif kind == "activity":
                         saves.append(store.save_activity(activity(key, notes=str(i))))
                     else:
@@ -421,7 +428,7 @@ def test_random_interleavings_keep_seq_unique_and_rows_whole(
         for table, version in (
             (calls, lambda r: r["transfers"]),
             (acts, lambda r: int(r["notes"])),
-            (states, lambda r: int(r["started_at"] - 2000.0)),
+            (states, lambda r: int(r["started_at"] - 2000.0) // 100),
         ):
             by_seq = sorted(table, key=lambda r: r["seq"])
             assert [version(r) for r in by_seq] == sorted(version(r) for r in table)

@@ -139,12 +139,20 @@ def test_replaying_a_capture_twice_stores_its_rows_once(config: Path) -> None:
         with db(config) as conn:
             return {
                 table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-                for table in ("calls", "activities", "agent_states", "agent_presence", "outbox")
+                for table in (
+                    "calls",
+                    "activities",
+                    "agent_states",
+                    "queue_intervals",
+                    "agent_presence",
+                    "outbox",
+                )
             } | {"seq": conn.execute("SELECT value FROM seq_counter").fetchone()}
 
     before = snapshot()
     assert before["activities"]
     assert before["agent_states"]  # the capture's pauses end in state intervals
+    assert before["queue_intervals"]  # its backoffice caller
     assert len(before["outbox"]) >= len(before["activities"]) + len(before["calls"])
     assert replay(config, "agent_pause_unpause") == printed
     assert snapshot() == before
@@ -176,8 +184,18 @@ def test_csv_export_parses_with_the_csv_module(config: Path) -> None:
             assert orjson.loads(got["ended_while_disconnected"]) is want["ended_while_disconnected"]
             nested = "agents" if kind == "calls" else "extra"
             assert orjson.loads(got[nested]) == want[nested]
-    header = ok("sync", "export", "-c", config, "--kind", "agent-states", "--format", "csv")
-    assert header.decode().splitlines() == [",".join(COLUMNS["agent-states"])]
+    for kind in ("agent-states", "queue-intervals"):
+        rows = jsonl(ok("sync", "export", "-c", config, "--kind", kind))
+        text = ok("sync", "export", "-c", config, "--kind", kind, "--format", "csv").decode()
+        assert text.splitlines()[0] == ",".join(COLUMNS[kind])
+        parsed = list(csv.DictReader(io.StringIO(text, newline="")))
+        assert rows
+        assert [list(r) for r in rows] == [list(COLUMNS[kind])] * len(rows)
+        assert [{k: str(v) for k, v in r.items()} for r in rows] == parsed
+    phones = [
+        r["phone"] for r in jsonl(ok("sync", "export", "-c", config, "--kind", "agent-states"))
+    ]
+    assert phones == ["ringing", "talking", "ringing", "talking"]  # 1001, then 1002
 
 
 def test_ack_beyond_the_last_seq_fails_clearly(config: Path) -> None:

@@ -1,13 +1,21 @@
-"""SQLite store: calls, activities, agent states, presences, the outbox and sync cursors.
+"""SQLite store: calls, activities, agent states, queue counters, presences, the outbox, cursors.
 
 One aiosqlite connection, one writer task. Every write is queued; the writer
 commits whatever is queued (up to ``batch_max``, waiting at most
 ``batch_wait_s`` for more) in one transaction, and a write call returns only
 once its batch is committed, so ``await store.save_activity(...)`` means durable.
 
-Rows of ``calls``, ``activities`` and ``agent_states`` carry ``seq``, one
-sequence across the three tables, bumped by triggers on every insert and every
-update. A CRM exports rows with ``seq`` above its cursor and acknowledges.
+Rows of ``calls``, ``activities``, ``agent_states`` and ``queue_intervals``
+carry ``seq``, one sequence across the four tables, bumped by triggers on every
+insert and every update. A CRM exports rows with ``seq`` above its cursor and
+acknowledges.
+
+``queue_intervals`` holds per-queue counters per ``QUEUE_INTERVAL_S`` interval.
+ctid never writes it: triggers on ``calls`` recount the (queue, interval) of
+every call inserted, changed or deleted, so the counters always equal what the
+``calls`` rows add up to. Agent state intervals of one agent never overlap: one
+that starts before the end of the agent's latest stored interval is cut to
+start there (``save_state_interval``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiosqlite
 import orjson
@@ -28,7 +36,7 @@ from ctid.config import StoreConfig
 from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
 from ctid.errors import StoreError
 
-ExportKind = Literal["activities", "calls", "agent-states"]
+ExportKind = Literal["activities", "calls", "agent-states", "queue-intervals"]
 SavedPresence = tuple[str, str, float]  # (presence, reason, since)
 _R = TypeVar("_R", CallRecord, ActivityRecord)
 
@@ -47,6 +55,100 @@ def _seq_triggers(table: str) -> tuple[str, ...]:
         f"CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} "
         f"WHEN NEW.seq IS OLD.seq BEGIN {bump} END",
     )
+
+
+# The length of one ``queue_intervals`` row, in seconds: 15 minutes, the contact
+# centre's reporting interval. Built into migration 5's triggers: a different length
+# needs a new migration that recreates them and rebuilds the table.
+QUEUE_INTERVAL_S: Final = 900
+# The service level threshold until a ``[stats] service_level_s`` is written (seconds).
+DEFAULT_SERVICE_LEVEL_S: Final = 20.0
+# The counters of one (queue, interval) row, in table order (``export`` adds ``seq``).
+QUEUE_INTERVAL_COLS: Final = (
+    "queue",
+    "interval_start",
+    "offered",
+    "answered",
+    "abandoned",
+    "answered_within_sl",
+    "transferred",
+    "wait_total_s",
+    "wait_max_s",
+    "talk_total_s",
+    "hold_total_s",
+)
+
+
+# The SQL of migration 5 below is built from this module's constants and column
+# names, never from input. Part of migration 5: never change what it builds, add a
+# migration instead.
+
+
+def _interval_of(started_at: str) -> str:
+    """SQL: the start of the interval a call that started at ``started_at`` counts in."""
+    return f"(CAST({started_at} AS INTEGER) / {QUEUE_INTERVAL_S}) * {QUEUE_INTERVAL_S}"
+
+
+def _in_interval(start: str, call: str = "") -> str:
+    """SQL: the call's ``started_at`` lies in the interval that begins at ``start``."""
+    return f"{call}started_at >= {start} AND {call}started_at < {start} + {QUEUE_INTERVAL_S}"
+
+
+# SQL: the counters (offered … hold_total_s) of a group of ``calls`` rows.
+_COUNTERS = (
+    "count(*), count(*) FILTER (WHERE outcome = 'answered'), "
+    "count(*) FILTER (WHERE outcome = 'abandoned'), "
+    "count(*) FILTER (WHERE outcome = 'answered' "
+    "AND wait_s <= (SELECT service_level_s FROM stats_settings)), "
+    "count(*) FILTER (WHERE transfers > 0), "
+    "total(wait_s), coalesce(max(wait_s), 0.0), total(talk_s), total(hold_s)"
+)
+
+
+def _count_queue_interval(row: str) -> str:
+    """SQL upserting the counters of the (queue, interval) of ``row`` (``NEW`` or ``OLD``).
+
+    The counters are recounted from ``calls`` rather than adjusted by the change,
+    so they are exact whatever the change was (a call moving to another queue or
+    interval, a second save of the same call, a maximum that went down) and can
+    never count a call twice. The calls of one queue and interval are few and
+    reached by the ``calls_queue`` index. A row whose counters come out unchanged
+    is not written, so its ``seq`` only moves when the numbers do.
+    """
+    start = _interval_of(f"{row}.started_at")
+    counters = QUEUE_INTERVAL_COLS[2:]
+    changed = f"({', '.join(counters)}) IS NOT ({', '.join(f'excluded.{c}' for c in counters)})"
+    return (
+        f"INSERT INTO queue_intervals ({', '.join(QUEUE_INTERVAL_COLS)}) "  # noqa: S608
+        f"SELECT {row}.queue, {start}, {_COUNTERS} "
+        f"FROM calls WHERE queue = {row}.queue AND {_in_interval(start)} "
+        "ON CONFLICT (queue, interval_start) DO UPDATE SET "
+        f"{', '.join(f'{c} = excluded.{c}' for c in counters)} WHERE {changed};"
+    )
+
+
+# The columns of ``calls`` that queue_intervals counts: an update of others (seq) counts nothing.
+_COUNTED = ("queue", "started_at", "outcome", "wait_s", "talk_s", "hold_s", "transfers")
+_COUNTED_CHANGED = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in _COUNTED)
+# ``answered_within_sl`` of one queue_intervals row under the threshold NEW.service_level_s.
+_WITHIN_SL = (
+    "(SELECT count(*) FROM calls c WHERE c.queue = queue_intervals.queue "  # noqa: S608
+    f"AND {_in_interval('queue_intervals.interval_start', 'c.')} "
+    "AND c.outcome = 'answered' AND c.wait_s <= NEW.service_level_s)"
+)
+# A new threshold recounts answered_within_sl everywhere (rows that change get a seq).
+_RECOUNT_WITHIN_SL = (
+    "CREATE TRIGGER stats_settings_service_level AFTER UPDATE OF service_level_s "  # noqa: S608
+    "ON stats_settings WHEN NEW.service_level_s IS NOT OLD.service_level_s "
+    f"BEGIN UPDATE queue_intervals SET answered_within_sl = {_WITHIN_SL} "
+    f"WHERE answered_within_sl IS NOT {_WITHIN_SL}; END"
+)
+# Calls stored before migration 5: counted once, as the triggers would have.
+_COUNT_STORED_CALLS = (
+    f"INSERT INTO queue_intervals ({', '.join(QUEUE_INTERVAL_COLS)}) "  # noqa: S608
+    f"SELECT queue, {_interval_of('started_at')} AS start, {_COUNTERS} "
+    "FROM calls WHERE queue <> '' GROUP BY queue, start"
+)
 
 
 # Migration n (1-based) is MIGRATIONS[n - 1]; PRAGMA user_version holds the last applied.
@@ -186,6 +288,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             agent TEXT PRIMARY KEY,
             seq INTEGER NOT NULL CHECK (seq >= 0)) STRICT""",
     ),
+    (
+        # Statistics (issue 6). State intervals also end when the phone changes, so
+        # talking, ringing and idle time add up like presences ('' = older rows).
+        "ALTER TABLE agent_states ADD COLUMN phone TEXT NOT NULL DEFAULT ''",
+        # The service level threshold: a call answered within it counts in
+        # answered_within_sl. Written from [stats] service_level_s (Store.open).
+        """CREATE TABLE stats_settings (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            service_level_s REAL NOT NULL CHECK (service_level_s >= 0)) STRICT""",
+        f"INSERT INTO stats_settings VALUES (1, {DEFAULT_SERVICE_LEVEL_S})",  # noqa: S608
+        # Per queue and 15-minute interval (of the call's start): what the calls with
+        # that queue add up to, kept by the triggers below, never written by ctid itself.
+        """CREATE TABLE queue_intervals (
+            queue TEXT NOT NULL CHECK (queue <> ''),
+            interval_start INTEGER NOT NULL,  -- epoch seconds, a multiple of QUEUE_INTERVAL_S
+            offered INTEGER NOT NULL,  -- calls whose (first) queue this is
+            answered INTEGER NOT NULL,  -- outcome 'answered'
+            abandoned INTEGER NOT NULL,  -- outcome 'abandoned'
+            answered_within_sl INTEGER NOT NULL,  -- answered with wait_s <= service_level_s
+            transferred INTEGER NOT NULL,  -- transfers > 0
+            wait_total_s REAL NOT NULL, wait_max_s REAL NOT NULL,  -- wait_s of every call
+            talk_total_s REAL NOT NULL, hold_total_s REAL NOT NULL,
+            seq INTEGER UNIQUE,
+            PRIMARY KEY (queue, interval_start)) STRICT""",
+        "CREATE INDEX calls_queue ON calls (queue, started_at)",
+        *_seq_triggers("queue_intervals"),
+        f"""CREATE TRIGGER calls_queue_insert AFTER INSERT ON calls WHEN NEW.queue <> ''
+            BEGIN {_count_queue_interval("NEW")} END""",
+        # Columns listed: the seq triggers' own update of calls does not fire these.
+        # Old and new (queue, interval) are both recounted: a call may have moved.
+        f"""CREATE TRIGGER calls_queue_update_old AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
+            WHEN OLD.queue <> '' AND ({_COUNTED_CHANGED})
+            BEGIN {_count_queue_interval("OLD")} END""",
+        f"""CREATE TRIGGER calls_queue_update_new AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
+            WHEN NEW.queue <> '' AND ({_COUNTED_CHANGED})
+            BEGIN {_count_queue_interval("NEW")} END""",
+        f"""CREATE TRIGGER calls_queue_delete AFTER DELETE ON calls WHEN OLD.queue <> ''
+            BEGIN {_count_queue_interval("OLD")} END""",
+        _RECOUNT_WITHIN_SL,
+        _COUNT_STORED_CALLS,
+    ),
 )
 
 _JSON_COLS = frozenset({"agents", "extra"})
@@ -207,7 +350,18 @@ def _upsert(table: str, cols: tuple[str, ...], key: str) -> str:
 _UPSERT_CALL = _upsert("calls", _CALL_COLS, "interaction_id")
 _UPSERT_CALLBACK = _upsert("callbacks", _CALLBACK_COLS, "id")
 _UPSERT_ACTIVITY = _upsert("activities", _ACTIVITY_COLS, "id")
-_INSERT_STATE = f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+# Parameters: the interval's columns in _STATE_COLS order (agent ?1, started_at ?4,
+# ended_at ?5). Its start is cut to the end of the agent's stored interval that began
+# last before its end, if that one ends later: intervals never overlap (a restarted
+# daemon resumes the open interval from the presence's start, not knowing the phone
+# intervals stored since). Stored intervals do not overlap, so the one that began last
+# also ends last: one index lookup. If nothing is left, nothing is inserted.
+_INSERT_STATE = (
+    f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) "  # noqa: S608
+    "SELECT ?1, ?2, ?3, start, ?5, ?6 FROM (SELECT max(?4, coalesce((SELECT ended_at "
+    "FROM agent_states WHERE agent = ?1 AND started_at < ?5 ORDER BY started_at DESC LIMIT 1), "
+    "?4)) AS start) WHERE start < ?5"
+)
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (topic, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -220,13 +374,16 @@ _EXPORT_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "calls": ("calls", _CALL_COLS),
     "activities": ("activities", _ACTIVITY_COLS),
     "agent-states": ("agent_states", ("id", *_STATE_COLS)),
+    "queue-intervals": ("queue_intervals", QUEUE_INTERVAL_COLS),
 }
 
-# An interval already stored identically (a capture replayed twice) is not inserted again.
+# As _INSERT_STATE, and an interval already stored identically (a capture replayed
+# twice) is not inserted again. (Cutting alone would skip it too, as it ends where
+# the stored one does; the explicit check says what is meant.)
 _INSERT_STATE_ONCE = (
-    f"INSERT INTO agent_states ({', '.join(_STATE_COLS)}) "  # noqa: S608
-    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM agent_states "
-    "WHERE agent = ?1 AND presence = ?2 AND reason = ?3 AND started_at = ?4 AND ended_at = ?5)"
+    f"{_INSERT_STATE} AND NOT EXISTS (SELECT 1 FROM agent_states "  # noqa: S608
+    "WHERE agent = ?1 AND presence = ?2 AND reason = ?3 AND started_at = ?4 AND ended_at = ?5 "
+    "AND phone = ?6)"
 )
 # The rows of every interaction with a call or activity row written after a seq (reconcile).
 _TOUCHED_CALLS = (
@@ -373,11 +530,15 @@ class Store:
         batch_wait_s: float = 0.05,
         busy_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        service_level_s: float | None = None,
     ) -> AsyncIterator[Store]:
         """Open (creating and migrating as needed) the database; close it on exit.
 
         With a ``StoreConfig``, its path and batch settings are used. On exit the
         writer commits everything already queued before the connection closes.
+        ``service_level_s`` (``[stats] service_level_s``) is stored as the
+        service level threshold of ``queue_intervals`` (a new value recounts
+        ``answered_within_sl``); ``None`` keeps the stored one (readers).
         """
         if isinstance(config, StoreConfig):
             path, batch_max, batch_wait_s = config.path, config.batch_max, config.batch_wait_s
@@ -397,7 +558,7 @@ class Store:
             db.row_factory = sqlite3.Row
             store = cls(db, batch_max=batch_max, batch_wait_s=batch_wait_s, clock=clock)
             try:
-                await store._setup(busy_timeout_s)
+                await store._setup(busy_timeout_s, service_level_s)
             except sqlite3.Error as exc:
                 raise StoreError(f"{path}: cannot prepare the database: {exc}") from exc
             store._writer = asyncio.create_task(store._write_loop(), name="ctid-store-writer")
@@ -413,7 +574,7 @@ class Store:
         finally:
             await db.close()
 
-    async def _setup(self, busy_timeout_s: float) -> None:
+    async def _setup(self, busy_timeout_s: float, service_level_s: float | None) -> None:
         db = self._db
         await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         await db.execute("PRAGMA journal_mode = WAL")
@@ -433,6 +594,13 @@ class Store:
                 for statement in script:
                     await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            if service_level_s is not None:
+                # Only a different value writes (and recounts): same config, no new seqs.
+                await db.execute(
+                    "UPDATE stats_settings SET service_level_s = ?1 "
+                    "WHERE service_level_s IS NOT ?1",
+                    (float(service_level_s),),
+                )
             await db.execute("COMMIT")
         except BaseException:
             await _rollback(db)
@@ -573,7 +741,12 @@ class Store:
         return [CallbackRecord(**{c: r[c] for c in _CALLBACK_COLS}) for r in rows]
 
     async def save_state_interval(self, interval: AgentStateInterval) -> None:
-        """Append a closed presence interval."""
+        """Append a closed agent state interval.
+
+        Its start is cut to the end of the agent's latest stored interval when
+        that ends later (nothing left: not stored), so one agent's intervals
+        never overlap, even across a restart.
+        """
         await self._submit([(_INSERT_STATE, [_encode(interval)])])
 
     async def save_presence(self, agent: str, presence: str, reason: str, since: float) -> None:
@@ -666,7 +839,8 @@ class Store:
         messages, so it keeps its ``seq`` and nothing is published again; any
         other is upserted version by version, each with its messages, as the
         daemon does. A state interval is inserted unless an identical one
-        (agent, presence, reason, start, end) is stored. Callbacks and
+        (agent, presence, reason, start, end, phone) is stored (and cut as
+        ``save_state_interval`` cuts it). Callbacks and
         presences are upserts without ``seq``. One transaction; rows of one
         kind and the outbox keep the order of ``items``. Returns the number of
         rows written and skipped, by table.
@@ -809,6 +983,11 @@ class Store:
         """The last seq given to any row (0 when none)."""
         rows = await self._fetch("SELECT value FROM seq_counter")
         return int(rows[0][0])
+
+    async def service_level_s(self) -> float:
+        """The service level threshold ``queue_intervals.answered_within_sl`` counts with."""
+        rows = await self._fetch("SELECT service_level_s FROM stats_settings")
+        return float(rows[0][0])
 
     async def interaction_rows(
         self, since_seq: int = 0

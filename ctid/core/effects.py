@@ -47,7 +47,7 @@ class EmitCallback:
 
 @dataclass(frozen=True, slots=True)
 class RecordInterval:
-    """Store a closed agent presence interval (time ready / not ready by reason)."""
+    """Store a closed agent state interval (presence, reason and phone)."""
 
     interval: AgentStateInterval
 

@@ -280,6 +280,9 @@ class Agent:
     reason: str = ""
     since: float = 0.0
     phone: Phone = Phone.IDLE
+    # Start of the open state interval (presence, reason and phone unchanged since);
+    # 0: the presence is not known yet (no queue information), nothing is recorded.
+    interval_since: float = 0.0
     seq: int = 0
     queues: Mapping[str, tuple[bool, str]] = field(
         default_factory=dict
@@ -521,7 +524,9 @@ class Model:
             value = Presence(presence)
         except ValueError:
             return
-        self.agents[agent_id] = replace(agent, presence=value, reason=reason, since=since)
+        self.agents[agent_id] = replace(
+            agent, presence=value, reason=reason, since=since, interval_since=since
+        )
 
     def restore_seq(self, agent_id: str, seq: int) -> None:
         """The agent's last ``seq`` before a restart: its stream goes on after it."""
@@ -1129,6 +1134,11 @@ class Model:
                 # Paused for another reason or logged out meanwhile: wrap-up is over.
                 self._finish_wrapup(agent.id, now, out, code="", notes="")
         self._change_presence(agent.id, presence, reason, now, out)
+        agent = self.agents[agent.id]
+        if not agent.interval_since:
+            # The PBX has told us the agent's presence (maybe "still logged out", in a
+            # resync): its state intervals count from now.
+            self.agents[agent.id] = replace(agent, interval_since=now)
         self._publish_state(agent.id, now, out)
         for queue in sorted(touched):
             self._publish_queue(queue, now, out)
@@ -1136,17 +1146,45 @@ class Model:
     def _change_presence(
         self, agent_id: str, presence: Presence, reason: str, now: float, out: list[Effect]
     ) -> None:
-        """Set an agent's presence, closing the interval of the one before."""
+        """Set an agent's presence, closing the state interval of the one before."""
         agent = self.agents[agent_id]
         if (presence, reason) == (agent.presence, agent.reason):
             return
-        if agent.since:
+        agent = self._close_interval(agent, now, out)
+        out.append(SavePresence(agent.id, presence.value, reason, now))
+        self.agents[agent_id] = replace(
+            agent,
+            presence=presence,
+            reason=reason,
+            since=now,
+            interval_since=agent.interval_since or now,
+        )
+
+    def _close_interval(self, agent: Agent, now: float, out: list[Effect]) -> Agent:
+        """End the agent's open state interval at ``now``; the returned agent starts the next.
+
+        Called before presence, reason or phone change, so the closed interval
+        carries the state the agent had throughout it. An interval of no length
+        (two changes in one instant) is not recorded: it adds nothing to a sum.
+        Nothing is recorded before the agent's presence is known.
+        """
+        if not agent.interval_since:
+            return agent
+        if now > agent.interval_since:
             interval = AgentStateInterval(
-                agent.id, agent.presence.value, agent.reason, agent.since, now
+                agent.id,
+                agent.presence.value,
+                agent.reason,
+                agent.interval_since,
+                now,
+                agent.phone.value,
             )
             out.append(RecordInterval(interval))
-        out.append(SavePresence(agent.id, presence.value, reason, now))
-        self.agents[agent_id] = replace(agent, presence=presence, reason=reason, since=now)
+        if now < agent.interval_since:
+            # An event older than the open interval's start (clock step, resync):
+            # keep the start, so intervals never overlap.
+            return agent
+        return replace(agent, interval_since=now)
 
     # ------------------------------------------------------------------ wrap-up
 
@@ -1657,6 +1695,7 @@ class Model:
         agent = self.agents[agent_id]
         phone = self._phone_of(agent_id)
         if phone != agent.phone:
+            agent = self._close_interval(agent, now, out)
             self.agents[agent_id] = replace(agent, phone=phone)
             for part in self._parts_of_agent(agent_id):
                 self._call_update(part, phone.value, now, out)

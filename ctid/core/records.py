@@ -66,13 +66,20 @@ class ActivityRecord:
 
 @dataclass(frozen=True, slots=True)
 class AgentStateInterval:
-    """A closed interval of one agent's presence (for time ready / not ready by reason)."""
+    """A closed interval of one agent's state: presence, reason and phone unchanged throughout.
+
+    A new interval starts whenever any of the three changes, and one agent's
+    intervals never overlap, so sums over them give time ready and idle, not
+    ready by reason, ringing, talking (phone ``talking`` or ``held``), wrap-up.
+    """
 
     agent: str
-    presence: str
+    presence: str  # "logged_out" | "ready" | "not_ready" | "wrap_up"
     reason: str
     started_at: float
     ended_at: float
+    # "idle" | "ringing" | "dialing" | "talking" | "held"; "" = not recorded (older rows)
+    phone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
