@@ -169,6 +169,8 @@ class Daemon:
         ):
             self._store = store
             self._directory = directory
+            # Lookups go through aiosqlite's thread until the cache is warm, then inline.
+            self._spawn(self._warm_directory(directory), "ctid.directory.warm_up")
             for agent_id, (presence, reason, since) in (await store.load_presences()).items():
                 self.model.restore_presence(agent_id, presence, reason, since)
             for agent_id, seq in (await store.agent_seqs()).items():
@@ -314,6 +316,21 @@ class Daemon:
             return
         answer = LookupAnswer(effect.call_id, effect.by, effect.value, match.as_payload())
         self.ami.events.put_nowait((answer, time.time()))
+
+    async def _warm_directory(self, directory: Directory) -> None:
+        started = time.monotonic()
+        try:
+            await directory.warm_up()
+        except StoreError as exc:
+            log.warning("directory.warm_up_failed", error=str(exc))
+            return
+        took_s = round(time.monotonic() - started, 3)
+        if directory.inline:
+            log.info("directory.warm", took_s=took_s)
+        else:
+            # Bigger than the lookup connection's page cache: lookups keep using the
+            # thread (slower by the hop, never blocking the loop on a disk read).
+            log.warning("directory.too_big_for_cache", took_s=took_s)
 
     async def _send_action(self, effect: SendAction) -> None:
         try:

@@ -78,6 +78,15 @@ class StoreConfig:
     path: Path = Path("/var/lib/ctid/ctid.sqlite3")
     batch_max: int = 500
     batch_wait_s: float = 0.0  # 0: commit at once; writes arriving meanwhile still batch
+    # The contact directory's own SQLite file (None: directory.sqlite3 beside ``path``).
+    # Its own file because every commit to a file makes SQLite drop the page cache of
+    # the file's other connections: the store's writes would keep lookups cold.
+    directory_path: Path | None = None
+
+    @property
+    def directory_file(self) -> Path:
+        """Where the contact directory lives."""
+        return self.directory_path or self.path.with_name("directory.sqlite3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +544,7 @@ def _store(value: object, base: Path) -> StoreConfig:
         path=t.get("path", d.path, _path(base)),
         batch_max=t.get("batch_max", d.batch_max, _int(1, 100_000)),
         batch_wait_s=t.get("batch_wait_s", d.batch_wait_s, _seconds(zero_ok=True, most=60)),
+        directory_path=t.get("directory_path", d.directory_path, _path(base)),
     )
 
 

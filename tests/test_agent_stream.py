@@ -185,7 +185,9 @@ async def test_seq_goes_on_after_a_restart(ctid_config: Config) -> None:
     async with command_rig(ctid_config, members=logged_in("alice")) as rig:
         await caught_up(rig)
         second = [p["seq"] for _, p in stream(rig)]
-        assert second[0] == last + 1, (first, last, second)
+        # Not necessarily last + 1: a state published before the broker connected is
+        # replaced by a later one (the page gets the retained latest, and replays the gap).
+        assert second[0] > last, (first, last, second)
         reply, resent = await replay(rig, first[-2])
         assert [p["seq"] for _, p in resent] == list(range(first[-1], second[-1] + 1))
         assert reply["result"]["lost"] == 0

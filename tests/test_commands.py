@@ -798,13 +798,18 @@ async def test_internal_when_the_store_fails(ctid_config: Config) -> None:
     """internal is the answer to a failure of ctid itself: here the SQLite file lost its
     activities table under the running daemon (no mock), so history cannot be read."""
     async with command_rig(ctid_config) as rig:
-        # The daemon writes (its per-agent message log) while this waits for the lock.
-        db = sqlite3.connect(ctid_config.store.path, timeout=30)
-        try:
-            db.execute("ALTER TABLE activities RENAME TO activities_lost")
-            db.commit()
-        finally:
-            db.close()
+
+        def lose_the_table() -> None:
+            # In a thread: the daemon runs on this loop, and a write transaction of its
+            # store (its per-agent message log) can only finish while the loop runs.
+            db = sqlite3.connect(ctid_config.store.path, timeout=30)
+            try:
+                db.execute("ALTER TABLE activities RENAME TO activities_lost")
+                db.commit()
+            finally:
+                db.close()
+
+        await asyncio.to_thread(lose_the_table)
         reply, actions = await rig.command({"id": "i", "cmd": "history"})
         assert refused(reply, "internal", "i") == "the history could not be read"
         assert actions == []

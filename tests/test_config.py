@@ -222,6 +222,12 @@ def test_relative_secret_file_is_resolved_against_the_config_directory(
     assert config.ami.secret_file == etc / "secrets" / "ami.secret"
     assert config.ami.secret == "pa ss"  # trailing newlines stripped, inner space kept
     assert config.store.path == etc / "db.sqlite3"
+    # The directory's own file: beside the store unless configured (relative to the config).
+    assert config.store.directory_file == etc / "directory.sqlite3"
+    moved = load_config(
+        write(etc, BASE + '[store]\ndirectory_path = "dir/contacts.sqlite3"\n', "b.toml")
+    )
+    assert moved.store.directory_file == etc / "dir" / "contacts.sqlite3"
 
 
 def test_relative_config_path_resolves_against_its_directory(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from ctid.adapters.store import MIGRATIONS, Store
 from ctid.cli import main
 from ctid.core.directory import NO_ANI, SearchQueryError
 from ctid.directory_import import SourceRow
+from tests.command_rig import until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -519,3 +521,94 @@ def test_cli_import_whole_file_failure(
     code, _, err = ctid(capsys, "directory", "import", "-c", str(config), str(tmp_path / "no.csv"))
     assert code == 2
     assert "no such file" in err
+
+
+# -- inline lookups ---------------------------------------------------------------
+
+
+LOOKUPS = (
+    "030 1000000",
+    "030 1000001",
+    "089 2000000",
+    "040 5000000",
+    "100",
+    "030 9999999",
+    "paul@example.com",
+    "MARIA@acme.example",
+)
+
+
+async def test_inline_lookups_answer_as_the_thread_does(tmp_path: Path) -> None:
+    """After warm_up lookups run on the loop's thread, with the same answers as through
+    aiosqlite's thread (every match kind of ROWS)."""
+    db = tmp_path / "directory.sqlite3"
+    await loaded(db)
+    async with Directory.open(db, cache_size=0) as directory:
+        assert not directory.inline
+        threaded = [(await directory.lookup(q)).as_payload() for q in LOOKUPS]
+        await directory.warm_up()
+        assert directory.inline
+        inline = [(await directory.lookup(q)).as_payload() for q in LOOKUPS]
+        assert directory.inline  # reads do not make it cold
+    assert inline == threaded
+    assert {m["kind"] for m in inline} == {
+        "organization",
+        "org_contact",
+        "multiple",
+        "single",
+        "none",
+    }
+
+
+async def test_a_commit_elsewhere_sends_lookups_through_the_thread_until_warm_again(
+    tmp_path: Path,
+) -> None:
+    """An import by another connection empties the inline connection's page cache: the next
+    lookup goes through the thread (and sees the import), and the cache is warmed again
+    by itself; a choice (a commit by the directory's own aiosqlite connection) too."""
+    db = tmp_path / "directory.sqlite3"
+    await loaded(db)
+    async with Directory.open(db, cache_size=0, revalidate_s=0.0) as directory:
+        await directory.warm_up()
+        warmed = directory.warmups
+        async with Directory.open(db) as cli:
+            await cli.import_rows(
+                source([{"id": "n", "kind": "person", "name": "New", "numbers": ["030 5555555"]}])
+            )
+        assert (await directory.lookup("030 5555555")).kind == "single"
+        await until(lambda: directory.warmups > warmed and directory.inline, what="warm again")
+        assert (await directory.lookup("030 5555555")).kind == "single"
+
+        warmed = directory.warmups
+        await directory.remember_choice("089 2000000", "p2")
+        match = await directory.lookup("089 2000000")
+        assert (ids(match.records), match.remembered) == (["p2", "p1"], "p2")
+        await until(lambda: directory.warmups > warmed and directory.inline, what="warm again")
+
+
+async def test_a_directory_bigger_than_the_cache_is_never_read_inline(tmp_path: Path) -> None:
+    """A file that does not fit the page cache stays on the thread: an inline read could
+    wait for the disk with the whole loop."""
+    db = tmp_path / "directory.sqlite3"
+    rows = [
+        {"id": f"p{n}", "kind": "person", "name": f"Person {n:05d}", "numbers": [f"030 7{n:06d}"]}
+        for n in range(20_000)
+    ]
+    async with Directory.open(db) as directory:
+        await directory.import_rows(source(rows))
+    assert db.stat().st_size > 2 * 1024 * 1024  # its tables alone are bigger than 1 MiB
+    async with Directory.open(db, cache_mib=1) as directory:
+        await directory.warm_up()
+        assert not directory.inline
+        assert ids((await directory.lookup("030 7000042")).records) == ["p42"]
+        assert not directory.inline
+
+
+async def test_close_stops_a_warm_up_under_way(tmp_path: Path) -> None:
+    """Closing the directory during a warm-up interrupts it instead of waiting for it."""
+    db = tmp_path / "directory.sqlite3"
+    await loaded(db)
+    async with Directory.open(db) as directory:
+        warming = asyncio.create_task(directory.warm_up())
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.shield(warming), 10)  # done, one way or the other

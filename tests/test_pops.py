@@ -1,6 +1,6 @@
 """Screen pops with the contact directory, end to end on real parts.
 
-A directory is imported into the daemon's SQLite file so that the caller of a
+A directory is imported into the daemon's directory file so that the caller of a
 real capture matches each way the CIC seed lists (none, single, multiple, a
 contact within an organization, an organization with its contacts; no ANI
 from ``inbound_no_ani``). The capture is replayed by the simulator into the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ import orjson
 import pytest
 
 from ctid.adapters.directory import Directory
+from ctid.app import Daemon
 from ctid.config import CallsConfig, Config
 from ctid.directory_import import SourceRow
 from ctid.sim.capture import load_capture
 from ctid.sim.server import AmiSimulator
 from tests.broker import MosquittoBroker
+from tests.command_rig import until
 from tests.test_slice_inbound import (
     CAPTURES,
     SECRET,
@@ -75,9 +78,10 @@ async def pops_for(
     *,
     adjust: Any = None,
     until_phase: str = "accepted",
+    before_call: Callable[[Config, Daemon], Awaitable[None]] | None = None,
 ) -> list[dict[str, Any]]:
     """alice's pops for a capture with the directory ``entries``, until one in ``until_phase``
-    has come and the lookup has answered."""
+    has come and the lookup has answered (``before_call`` runs once the daemon is up)."""
     async with AmiSimulator(secret=SECRET) as sim:
         sim.set_list("QueueStatus", [queue_member("PJSIP/1001", "support")])
         config = daemon_config(broker, sim)
@@ -87,7 +91,9 @@ async def pops_for(
         got: list[dict[str, Any]] = []
         async with broker.client("alice") as alice:
             await alice.subscribe("ctid/v1/agents/alice/pop", qos=1)
-            async with running_daemon(config, sim):
+            async with running_daemon(config, sim) as daemon:
+                if before_call is not None:
+                    await before_call(config, daemon)
                 # At twice the recorded pace: the phone rings 1.5 s, the call lasts
                 # 3 s, time enough for a lookup even on a loaded machine.
                 await sim.replay(CAPTURES / f"{capture}.ami", 2.0)
@@ -183,10 +189,20 @@ async def test_a_slow_lookup_does_not_hold_the_pop_back(mosquitto: MosquittoBrok
 
     def zero_deadline(config: Config) -> Config:
         # A deadline of 0: it fires on the loop's next turn, before an answer from
-        # SQLite's worker thread can; the first lookup always goes to that thread.
+        # SQLite's worker thread can.
         return dataclasses.replace(config, calls=CallsConfig(lookup_deadline_s=0.0))
 
-    pops = await pops_for(mosquitto, "inbound_answered", [PERSON], adjust=zero_deadline)
+    async def cold_cache(config: Config, daemon: Daemon) -> None:
+        # Once warm, lookups run inline and answer at once. A commit by another
+        # connection (an import) makes the next lookup go through the worker thread.
+        directory = daemon._directory
+        assert directory is not None
+        await until(lambda: directory.inline, what="the daemon's directory warm")
+        await load_directory(config, [COLLEAGUE])
+
+    pops = await pops_for(
+        mosquitto, "inbound_answered", [PERSON], adjust=zero_deadline, before_call=cold_cache
+    )
     alerting = [p for p in pops if p["phase"] == "alerting"]
     assert [p["lookup"] for p in alerting][:2] == ["pending", "timeout"]
     assert alerting[0]["match"] == {"kind": "none", "records": []}  # only the number yet

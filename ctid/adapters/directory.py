@@ -1,10 +1,23 @@
 """The contact directory in SQLite: import, lookup with match kinds, quick search.
 
-The tables are migration 3 of ``ctid.adapters.store`` (same database file,
-``store.path``). ``Directory`` has its own aiosqlite connections: one for
-lookups, searches and choices (single statements in autocommit), and one per
-import (``BEGIN IMMEDIATE`` per batch), so that in WAL mode lookups never wait for
-an import and never see half of one.
+The directory has a database file of its own (``store.directory_file``,
+``directory.sqlite3`` beside the store), with the store's schema (migration 3
+made its tables; the store's tables stay empty there, as the directory's do in
+the store's file). Its own file because a commit to a SQLite file makes every
+other connection to it drop its page cache at its next read: the store's
+writer commits all the time, and lookups would never find a page cached.
+
+Connections: one aiosqlite connection for searches, choices and lookups while
+the lookup cache is cold, one per import (``BEGIN IMMEDIATE`` per batch), so that
+in WAL mode lookups never wait for an import and never see half of one; and one
+plain ``sqlite3`` connection for lookups on the event loop's own thread
+(``_InlineReader``). A lookup is one statement over a few B-tree pages: 0.02 ms
+when they are in SQLite's page cache, where the hop to aiosqlite's thread and back
+costs 0.03-0.25 ms (more on an idle VM, whose vCPUs wake slowly). It runs inline
+only while the tables are known to be in that connection's page cache (warmed,
+the cache big enough for the file, no commit by another connection since):
+otherwise through the thread, while the cache is warmed again in the background,
+so the loop never waits for a disk read.
 
 Lookups are cached (LRU, keyed by the normalised number or address, negative
 results too). An import in this process clears the cache at once; an import by
@@ -17,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -100,6 +114,163 @@ _EXISTING = "SELECT id, digest FROM directory_entries WHERE id IN (SELECT value 
 _BUMP = "UPDATE directory_meta SET generation = generation + 1"
 
 
+# What warm_up reads: each table's own b-tree (NOT INDEXED: the primary key lookups
+# search, not a smaller secondary index that count(*) would prefer), and the index
+# an organization's contacts are found through.
+_WARM_UP = (
+    "SELECT count(*) FROM directory_numbers NOT INDEXED",
+    "SELECT count(*) FROM directory_emails NOT INDEXED",
+    "SELECT count(*) FROM directory_entries NOT INDEXED",
+    "SELECT count(*) FROM directory_entries INDEXED BY directory_entries_organization",
+    "SELECT count(*) FROM directory_choices",
+)
+_WARM_SET = (  # the b-trees _WARM_UP reads
+    "directory_numbers",
+    "directory_emails",
+    "directory_entries",
+    "directory_entries_organization",
+    "directory_choices",
+)
+
+
+class _InlineReader:
+    """Reads on the event loop's thread, only while SQLite's page cache holds the file.
+
+    ``fetch`` answers None (the caller goes through aiosqlite's thread) unless the
+    connection was warmed, the whole file fits its page cache, and no other
+    connection committed since (``PRAGMA data_version``; such a commit makes SQLite
+    drop this connection's page cache at its next read). ``rewarm`` reads the
+    tables again in a worker thread; the lock keeps the loop off the connection
+    meanwhile (the loop never blocks on it: ``fetch`` only tries it).
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float, cache_mib: int) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.0)
+        # No busy wait on the loop's thread: a reader in WAL mode is busy only in rare
+        # moments (another connection recovering or resetting the WAL); the thread waits.
+        self._db.execute("PRAGMA busy_timeout = 0")
+        self._busy_ms = int(busy_timeout_s * 1000)  # the warm-up, in its thread, may wait
+        self._db.execute(f"PRAGMA cache_size = {-1024 * max(1, int(cache_mib))}")  # KiB
+        self._db.execute("PRAGMA query_only = 1")
+        self._cache_bytes = max(1, int(cache_mib)) * 1024 * 1024
+        self._lock = threading.Lock()
+        self._warm = False
+        self._version = -1  # data_version when last warmed
+        self._closed = False
+        self._enabled = False  # set by the first warm_up: a one-shot CLI lookup never warms
+        self._task: asyncio.Task[None] | None = None
+        self.warmups = 0  # completed warm-ups (tests and the benchmark read it)
+        self.too_big = False  # the file does not fit the page cache: never inline
+        self.error = ""  # why the last warm-up failed
+
+    @property
+    def warm(self) -> bool:
+        return self._warm
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[Any] | None:
+        """The rows, read right here; None when that could mean waiting for the disk."""
+        if not self._warm or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            if version != self._version:
+                self._warm = False
+                return None
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None
+            raise
+        finally:
+            self._lock.release()
+
+    def rewarm(self) -> None:
+        """Warm the page cache again in the background (if not already under way)."""
+        if not self._enabled or self._closed or self.too_big:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._warm_loop(), name="ctid.directory.warm_up"
+            )
+
+    async def warm_up(self) -> None:
+        """Read the file's tables into the page cache (in a worker thread); wait for it.
+
+        The first call enables inline reads for good: from then on a cold cache is
+        warmed again by itself (``rewarm``). Cancelling the wait does not stop the
+        warm-up; ``close`` does.
+        """
+        self._enabled = True
+        self.rewarm()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self.error:
+            raise StoreError(f"directory warm-up failed: {self.error}")
+
+    async def _warm_loop(self, retry_s: float = 5.0) -> None:
+        while not self._closed:
+            try:
+                done = await asyncio.to_thread(self._warm_up)
+            except sqlite3.Error as exc:
+                # Interrupted by close(), or the file is unreadable: lookups stay on the
+                # thread (whose reads report the error, if it lasts).
+                self.error = "" if self._closed else str(exc)
+                return
+            if done or self.too_big:
+                return
+            await asyncio.sleep(retry_s)  # an import is committing batch after batch
+
+    def _warm_up(self) -> bool:
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            try:
+                return self._warm_up_locked()
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 0")
+
+    def _warm_up_locked(self) -> bool:
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if self._warm_bytes() > self._cache_bytes * 0.9:
+            self.too_big = True
+            return False
+        for sql in _WARM_UP:
+            self._db.execute(sql).fetchall()
+        (after,) = self._db.execute("PRAGMA data_version").fetchone()
+        if after != version:
+            return False  # a commit came in between: part of what was read is gone
+        self._version = version
+        self._warm = True
+        self.warmups += 1
+        return True
+
+    def _warm_bytes(self) -> int:
+        """The size of what ``_WARM_UP`` reads (the whole file, without SQLite's dbstat)."""
+        try:
+            (size,) = self._db.execute(
+                "SELECT sum(pgsize) FROM dbstat('main', 1) WHERE name IN (?, ?, ?, ?, ?)",
+                _WARM_SET,
+            ).fetchone()
+            return int(size or 0)
+        except sqlite3.OperationalError:  # built without SQLITE_ENABLE_DBSTAT_VTAB
+            (pages,) = self._db.execute("PRAGMA page_count").fetchone()
+            (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+            return int(pages) * int(page_size)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._warm = False
+        if self._task is not None:
+            if not self._task.done():
+                self._db.interrupt()  # stops a warm-up's scan in its thread
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     size: int
@@ -123,6 +294,7 @@ class Directory:
         busy_timeout_s: float,
         cache_mib: int,
         clock: Callable[[], float],
+        inline: _InlineReader,
     ) -> None:
         self._db = db
         self._path = path
@@ -138,6 +310,7 @@ class Directory:
         self._epoch = 0  # bumped whenever the cache is cleared
         self._checked_at = float("-inf")
         self._import_lock = asyncio.Lock()
+        self._inline = inline
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -154,34 +327,46 @@ class Directory:
         cache_mib: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> AsyncIterator[Directory]:
-        """Open the directory in the store's database (creating and migrating it as needed).
+        """Open the directory (creating and migrating its file as needed).
 
-        ``max_records`` bounds the candidates of one match, ``max_contacts`` the
-        contacts listed with an organization; ``revalidate_s`` is how stale the cache
-        may be after an import by another process. ``cache_mib`` is SQLite's page
-        cache for lookups (used only as pages are read): a million entries take
-        ~330 MB on disk, the tables lookups read ~200 MB of it. Measured here, the OS
-        page cache does not keep them (the VM reclaims file pages), so a lookup
-        that misses SQLite's own cache may wait for the disk.
+        ``config``: the store's config (the directory is ``config.directory_file``)
+        or the directory file's path. ``max_records`` bounds the candidates of one
+        match, ``max_contacts`` the contacts listed with an organization;
+        ``revalidate_s`` is how stale the cache may be after an import by another
+        process. ``cache_mib`` is SQLite's page cache of the inline lookup
+        connection (used only as pages are read): a million entries take ~330 MB on
+        disk, the tables lookups read ~200 MB of it; a file bigger than the cache
+        is looked up through the thread only. Measured here, the OS page cache does
+        not keep the file (the VM reclaims file pages), so a read that misses
+        SQLite's own cache may wait for the disk. Call ``warm_up`` to start inline
+        lookups (the daemon does, in the background).
         """
         if max_records < 1 or max_contacts < 0 or cache_size < 0 or revalidate_s < 0:
             raise ValueError("max_records >= 1; max_contacts, cache_size, revalidate_s >= 0")
-        path = config.path if isinstance(config, StoreConfig) else Path(config)
+        path = config.directory_file if isinstance(config, StoreConfig) else Path(config)
         await _migrate(path, busy_timeout_s)
-        async with _connect(path, busy_timeout_s, cache_mib) as db:
-            directory = cls(
-                db,
-                path,
-                normalizer=normalizer or NumberNormalizer(),
-                cache_size=cache_size,
-                max_records=max_records,
-                max_contacts=max_contacts,
-                revalidate_s=revalidate_s,
-                busy_timeout_s=busy_timeout_s,
-                cache_mib=cache_mib,
-                clock=clock,
-            )
-            yield directory
+        # Searches, choices and cold lookups: a smaller cache is enough for them.
+        async with _connect(path, busy_timeout_s, min(cache_mib, 64)) as db:
+            try:
+                inline = await asyncio.to_thread(_InlineReader, path, busy_timeout_s, cache_mib)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{path}: cannot open: {exc}") from exc
+            try:
+                yield cls(
+                    db,
+                    path,
+                    normalizer=normalizer or NumberNormalizer(),
+                    cache_size=cache_size,
+                    max_records=max_records,
+                    max_contacts=max_contacts,
+                    revalidate_s=revalidate_s,
+                    busy_timeout_s=busy_timeout_s,
+                    cache_mib=cache_mib,
+                    clock=clock,
+                    inline=inline,
+                )
+            finally:
+                await inline.close()
 
     # -- lookup -------------------------------------------------------------------
 
@@ -233,7 +418,7 @@ class Directory:
         if hit is not None:
             return hit
         epoch = self._epoch
-        rows = await self._fetch(_MATCH[key[0]], (key[1], self._max_records, self._max_contacts))
+        rows = await self._read(_MATCH[key[0]], (key[1], self._max_records, self._max_contacts))
         candidates = records_from_rows(r[1:7] for r in rows if r[0] == 0)
         chosen = (rows[0][6] or "") if rows else ""
         kind, _ = classify(candidates)
@@ -250,7 +435,7 @@ class Directory:
         if now - self._checked_at < self._revalidate_s:
             return
         self._checked_at = now
-        rows = await self._fetch("SELECT generation FROM directory_meta")
+        rows = await self._read("SELECT generation FROM directory_meta", ())
         generation = int(rows[0][0])
         if generation != self._generation:
             self.clear_cache()
@@ -281,18 +466,33 @@ class Directory:
         return str(rows[0][0]) if rows else ""
 
     async def warm_up(self) -> None:
-        """Read the tables lookups use into SQLite's page cache (e.g. at daemon start).
+        """Read the tables into the inline connection's page cache; lookups then run inline.
 
-        Without it the first lookups after a start may each wait for disk reads.
+        In a worker thread: the loop goes on (lookups meanwhile go through the
+        thread). Retries while another connection keeps committing (an import).
         """
-        # NOT INDEXED: walk each table's own b-tree (the primary key lookups search),
-        # not a smaller secondary index that count(*) would prefer.
-        for table in ("directory_numbers", "directory_emails", "directory_entries"):
-            await self._fetch(f"SELECT count(*) FROM {table} NOT INDEXED")  # noqa: S608
-        # An organization's contacts are found through this index.
-        await self._fetch(
-            "SELECT count(*) FROM directory_entries INDEXED BY directory_entries_organization"
-        )
+        await self._inline.warm_up()
+
+    @property
+    def inline(self) -> bool:
+        """Whether lookups run on the loop's thread right now (the cache is warm)."""
+        return self._inline.warm
+
+    @property
+    def warmups(self) -> int:
+        """How often the inline connection's page cache was warmed (first time and again)."""
+        return self._inline.warmups
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """A lookup's statement: inline while the page cache is warm, else through the thread."""
+        try:
+            rows = self._inline.fetch(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"directory read failed: {exc}") from exc
+        if rows is not None:
+            return rows
+        self._inline.rewarm()  # cold (a commit, or never warmed): warm it for the next ones
+        return await self._fetch(sql, params)
 
     # -- quick search -------------------------------------------------------------
 
