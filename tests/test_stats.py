@@ -40,7 +40,14 @@ from tests.truth import ANON_ANSWERS, CAPTURES, CONFIG, TOL, all_captures, load_
 
 Row = dict[str, Any]
 T = 1_795_307_400.0  # the start of a 15-minute interval
-FLOATS = ("wait_total_s", "wait_max_s", "talk_total_s", "hold_total_s")
+FLOATS = (
+    "wait_total_s",
+    "wait_max_s",
+    "talk_total_s",
+    "hold_total_s",
+    "answered_wait_total_s",
+    "abandoned_wait_total_s",
+)
 
 
 def call(n: float, **changes: Any) -> CallRecord:
@@ -100,6 +107,8 @@ def recount(calls: Iterable[Row], service_level_s: float) -> dict[tuple[str, int
         row["wait_max_s"] = max(row["wait_max_s"], c["wait_s"])
         row["talk_total_s"] += c["talk_s"]
         row["hold_total_s"] += c["hold_s"]
+        row["answered_wait_total_s"] += c["wait_s"] if answered else 0.0
+        row["abandoned_wait_total_s"] += c["wait_s"] if c["outcome"] == "abandoned" else 0.0
     return out
 
 
@@ -158,6 +167,8 @@ async def test_each_call_counts_once_in_the_interval_it_started_in(tmp_path: Pat
     assert first["wait_max_s"] == 30.0
     assert first["talk_total_s"] == 40.0 + 30.0 + 0.0 + 40.0
     assert first["hold_total_s"] == 5.0 + 5.0
+    assert first["answered_wait_total_s"] == 10.0 + 25.0 + 10.0  # average speed of answer
+    assert first["abandoned_wait_total_s"] == 30.0  # average time to abandon
     assert counts(stored["support", int(T) + 900]) == (1, 1, 0, 1, 0)
     assert counts(stored["sales", int(T)]) == (1, 1, 0, 1, 0)
     assert all(key[1] % QUEUE_INTERVAL_S == 0 for key in stored)
@@ -311,6 +322,51 @@ async def test_migration_5_counts_the_calls_stored_before_it(tmp_path: Path) -> 
         assert stored["support", int(T)]["seq"] > before
         states = await store.export(0, "agent-states")
         assert [(s["reason"], s["phone"]) for s in states] == [("Lunch", "")]
+
+
+async def test_migration_6_splits_the_waits_of_the_counters_stored_before_it(
+    tmp_path: Path,
+) -> None:
+    """A database of schema 5 with counted calls: after the upgrade the waits of answered
+    and abandoned calls are there; rows whose new counters stay 0 keep their seq."""
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:5]:
+            for statement in script:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 5")
+    async with opened(path) as store:  # the rows are written as schema 6 writes them ...
+        for r in (call(1), call(2, wait_s=30.0), abandoned(3, wait_s=12.0), call(4, queue="")):
+            await store.save_call(r)
+        await store.save_call(call(5, queue="sales", outcome="ivr", answered_at=None))
+    with sqlite3.connect(path) as db:  # ... then taken back to schema 5's counters
+        db.execute(
+            "UPDATE queue_intervals SET answered_wait_total_s = 0, abandoned_wait_total_s = 0"
+        )
+        db.execute("PRAGMA user_version = 5")
+        for name in (
+            "calls_queue_insert",
+            "calls_queue_update_old",
+            "calls_queue_update_new",
+            "calls_queue_delete",
+        ):
+            db.execute(f"DROP TRIGGER {name}")
+        for statement in MIGRATIONS[4]:  # schema 5's own triggers
+            if statement.startswith("CREATE TRIGGER calls_queue_"):
+                db.execute(statement)
+        db.execute("ALTER TABLE queue_intervals DROP COLUMN answered_wait_total_s")
+        db.execute("ALTER TABLE queue_intervals DROP COLUMN abandoned_wait_total_s")
+        seqs = dict(db.execute("SELECT queue, seq FROM queue_intervals").fetchall())
+        before = db.execute("SELECT value FROM seq_counter").fetchone()[0]
+    async with opened(path) as store:
+        stored = await assert_exact(store)
+        support, sales = stored["support", int(T)], stored["sales", int(T)]
+        assert support["answered_wait_total_s"] == 10.0 + 30.0
+        assert support["abandoned_wait_total_s"] == 12.0
+        assert support["seq"] > before  # changed: the CRM takes it again
+        assert sales["seq"] == seqs["sales"]  # an IVR call's wait is neither: unchanged
+        await store.save_call(abandoned(6, wait_s=8.0))  # schema 6's triggers count it
+        assert (await assert_exact(store))["support", int(T)]["abandoned_wait_total_s"] == 20.0
 
 
 # --------------------------------------------------------------------------- state intervals

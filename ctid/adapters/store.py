@@ -63,8 +63,8 @@ def _seq_triggers(table: str) -> tuple[str, ...]:
 QUEUE_INTERVAL_S: Final = 900
 # The service level threshold until a ``[stats] service_level_s`` is written (seconds).
 DEFAULT_SERVICE_LEVEL_S: Final = 20.0
-# The counters of one (queue, interval) row, in table order (``export`` adds ``seq``).
-QUEUE_INTERVAL_COLS: Final = (
+# The columns of one (queue, interval) row as migration 5 made it: history, never change.
+_QUEUE_INTERVAL_COLS_5: Final = (
     "queue",
     "interval_start",
     "offered",
@@ -76,6 +76,14 @@ QUEUE_INTERVAL_COLS: Final = (
     "wait_max_s",
     "talk_total_s",
     "hold_total_s",
+)
+# The counters of one (queue, interval) row, in table order (``export`` adds ``seq``):
+# migration 6 added the waits of answered and of abandoned calls (average speed of
+# answer, average time to abandon).
+QUEUE_INTERVAL_COLS: Final = (
+    *_QUEUE_INTERVAL_COLS_5,
+    "answered_wait_total_s",
+    "abandoned_wait_total_s",
 )
 
 
@@ -94,18 +102,29 @@ def _in_interval(start: str, call: str = "") -> str:
     return f"{call}started_at >= {start} AND {call}started_at < {start} + {QUEUE_INTERVAL_S}"
 
 
-# SQL: the counters (offered … hold_total_s) of a group of ``calls`` rows.
-_COUNTERS = (
-    "count(*), count(*) FILTER (WHERE outcome = 'answered'), "
-    "count(*) FILTER (WHERE outcome = 'abandoned'), "
-    "count(*) FILTER (WHERE outcome = 'answered' "
-    "AND wait_s <= (SELECT service_level_s FROM stats_settings)), "
-    "count(*) FILTER (WHERE transfers > 0), "
-    "total(wait_s), coalesce(max(wait_s), 0.0), total(talk_s), total(hold_s)"
-)
+# SQL: each counter of a group of ``calls`` rows.
+_COUNTER_SQL: Final = {
+    "offered": "count(*)",
+    "answered": "count(*) FILTER (WHERE outcome = 'answered')",
+    "abandoned": "count(*) FILTER (WHERE outcome = 'abandoned')",
+    "answered_within_sl": "count(*) FILTER (WHERE outcome = 'answered' "
+    "AND wait_s <= (SELECT service_level_s FROM stats_settings))",
+    "transferred": "count(*) FILTER (WHERE transfers > 0)",
+    "wait_total_s": "total(wait_s)",
+    "wait_max_s": "coalesce(max(wait_s), 0.0)",
+    "talk_total_s": "total(talk_s)",
+    "hold_total_s": "total(hold_s)",
+    "answered_wait_total_s": "total(wait_s) FILTER (WHERE outcome = 'answered')",
+    "abandoned_wait_total_s": "total(wait_s) FILTER (WHERE outcome = 'abandoned')",
+}
 
 
-def _count_queue_interval(row: str) -> str:
+def _counters(cols: tuple[str, ...]) -> str:
+    """SQL: the counters ``cols[2:]`` (after queue, interval_start) of a group of calls."""
+    return ", ".join(_COUNTER_SQL[c] for c in cols[2:])
+
+
+def _count_queue_interval(row: str, cols: tuple[str, ...]) -> str:
     """SQL upserting the counters of the (queue, interval) of ``row`` (``NEW`` or ``OLD``).
 
     The counters are recounted from ``calls`` rather than adjusted by the change,
@@ -116,11 +135,11 @@ def _count_queue_interval(row: str) -> str:
     is not written, so its ``seq`` only moves when the numbers do.
     """
     start = _interval_of(f"{row}.started_at")
-    counters = QUEUE_INTERVAL_COLS[2:]
+    counters = cols[2:]
     changed = f"({', '.join(counters)}) IS NOT ({', '.join(f'excluded.{c}' for c in counters)})"
     return (
-        f"INSERT INTO queue_intervals ({', '.join(QUEUE_INTERVAL_COLS)}) "  # noqa: S608
-        f"SELECT {row}.queue, {start}, {_COUNTERS} "
+        f"INSERT INTO queue_intervals ({', '.join(cols)}) "  # noqa: S608
+        f"SELECT {row}.queue, {start}, {_counters(cols)} "
         f"FROM calls WHERE queue = {row}.queue AND {_in_interval(start)} "
         "ON CONFLICT (queue, interval_start) DO UPDATE SET "
         f"{', '.join(f'{c} = excluded.{c}' for c in counters)} WHERE {changed};"
@@ -145,9 +164,46 @@ _RECOUNT_WITHIN_SL = (
 )
 # Calls stored before migration 5: counted once, as the triggers would have.
 _COUNT_STORED_CALLS = (
-    f"INSERT INTO queue_intervals ({', '.join(QUEUE_INTERVAL_COLS)}) "  # noqa: S608
-    f"SELECT queue, {_interval_of('started_at')} AS start, {_COUNTERS} "
+    f"INSERT INTO queue_intervals ({', '.join(_QUEUE_INTERVAL_COLS_5)}) "  # noqa: S608
+    f"SELECT queue, {_interval_of('started_at')} AS start, {_counters(_QUEUE_INTERVAL_COLS_5)} "
     "FROM calls WHERE queue <> '' GROUP BY queue, start"
+)
+
+
+def _queue_interval_triggers(cols: tuple[str, ...]) -> tuple[str, ...]:
+    """The triggers on ``calls`` that keep the counters ``cols`` of queue_intervals."""
+    return (
+        f"""CREATE TRIGGER calls_queue_insert AFTER INSERT ON calls WHEN NEW.queue <> ''
+            BEGIN {_count_queue_interval("NEW", cols)} END""",
+        # Columns listed: the seq triggers' own update of calls does not fire these.
+        # Old and new (queue, interval) are both recounted: a call may have moved.
+        f"""CREATE TRIGGER calls_queue_update_old AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
+            WHEN OLD.queue <> '' AND ({_COUNTED_CHANGED})
+            BEGIN {_count_queue_interval("OLD", cols)} END""",
+        f"""CREATE TRIGGER calls_queue_update_new AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
+            WHEN NEW.queue <> '' AND ({_COUNTED_CHANGED})
+            BEGIN {_count_queue_interval("NEW", cols)} END""",
+        f"""CREATE TRIGGER calls_queue_delete AFTER DELETE ON calls WHEN OLD.queue <> ''
+            BEGIN {_count_queue_interval("OLD", cols)} END""",
+    )
+
+
+_QUEUE_INTERVAL_TRIGGERS = (
+    "calls_queue_insert",
+    "calls_queue_update_old",
+    "calls_queue_update_new",
+    "calls_queue_delete",
+)
+# Migration 6's new counters of the rows stored before it (a changed row gets a seq).
+_NEW_COUNTERS_6 = QUEUE_INTERVAL_COLS[len(_QUEUE_INTERVAL_COLS_5) :]
+_RECOUNTED_WAITS = (
+    f"(SELECT {_counters(('', '', *_NEW_COUNTERS_6))} FROM calls c "  # noqa: S608
+    "WHERE c.queue = queue_intervals.queue "
+    f"AND {_in_interval('queue_intervals.interval_start', 'c.')})"
+)
+_COUNT_STORED_WAITS = (
+    f"UPDATE queue_intervals SET ({', '.join(_NEW_COUNTERS_6)}) = {_RECOUNTED_WAITS} "  # noqa: S608
+    f"WHERE ({', '.join(_NEW_COUNTERS_6)}) IS NOT {_RECOUNTED_WAITS}"
 )
 
 
@@ -314,20 +370,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (queue, interval_start)) STRICT""",
         "CREATE INDEX calls_queue ON calls (queue, started_at)",
         *_seq_triggers("queue_intervals"),
-        f"""CREATE TRIGGER calls_queue_insert AFTER INSERT ON calls WHEN NEW.queue <> ''
-            BEGIN {_count_queue_interval("NEW")} END""",
-        # Columns listed: the seq triggers' own update of calls does not fire these.
-        # Old and new (queue, interval) are both recounted: a call may have moved.
-        f"""CREATE TRIGGER calls_queue_update_old AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
-            WHEN OLD.queue <> '' AND ({_COUNTED_CHANGED})
-            BEGIN {_count_queue_interval("OLD")} END""",
-        f"""CREATE TRIGGER calls_queue_update_new AFTER UPDATE OF {", ".join(_COUNTED)} ON calls
-            WHEN NEW.queue <> '' AND ({_COUNTED_CHANGED})
-            BEGIN {_count_queue_interval("NEW")} END""",
-        f"""CREATE TRIGGER calls_queue_delete AFTER DELETE ON calls WHEN OLD.queue <> ''
-            BEGIN {_count_queue_interval("OLD")} END""",
+        *_queue_interval_triggers(_QUEUE_INTERVAL_COLS_5),
         _RECOUNT_WITHIN_SL,
         _COUNT_STORED_CALLS,
+    ),
+    (
+        # The waits of answered and of abandoned calls apart (issue 6): wait_total_s
+        # mixes them, and a CRM wants the average speed of answer and time to abandon.
+        *(f"DROP TRIGGER {name}" for name in _QUEUE_INTERVAL_TRIGGERS),
+        "ALTER TABLE queue_intervals ADD COLUMN answered_wait_total_s REAL NOT NULL DEFAULT 0.0",
+        "ALTER TABLE queue_intervals ADD COLUMN abandoned_wait_total_s REAL NOT NULL DEFAULT 0.0",
+        *_queue_interval_triggers(QUEUE_INTERVAL_COLS),
+        _COUNT_STORED_WAITS,
     ),
 )
 
