@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ctid import __version__
+from ctid.core.records import EXPORT_KINDS, ExportKind
 from ctid.errors import ConfigError, CtidError
 
 if TYPE_CHECKING:
-    from ctid.adapters.store import ExportKind
     from ctid.config import Config
 
 DEFAULT_CONFIG = Path("/etc/ctid/ctid.toml")
@@ -54,7 +54,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = sub.add_parser("sync", help="CRM sync: export rows after a seq, acknowledge, reconcile")
     sync_sub = sync.add_subparsers(dest="sync_command", required=True)
-    kinds = ("activities", "calls", "agent-states", "queue-intervals")
     exp = sync_sub.add_parser(
         "export",
         help="print the rows with seq > SEQ in seq order (summary on stderr)",
@@ -70,13 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help="default: the consumer's acknowledged cursor",
     )
     exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    exp.add_argument("--kind", choices=kinds, default="activities")
+    exp.add_argument("--kind", choices=EXPORT_KINDS, default="activities")
     exp.add_argument("--limit", type=_positive, default=None, metavar="N")
     exp.add_argument("--consumer", default=None, help="cursor name (default: crm/<kind>)")
     ack = sync_sub.add_parser("ack", help="record that the CRM has every row up to SEQ")
     ack.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
     ack.add_argument("seq", type=_non_negative, metavar="SEQ")
-    ack.add_argument("--kind", choices=kinds, default="activities")
+    ack.add_argument("--kind", choices=EXPORT_KINDS, default="activities")
     ack.add_argument("--consumer", default=None, help="cursor name (default: crm/<kind>)")
     rec = sync_sub.add_parser(
         "reconcile",

@@ -41,10 +41,9 @@ from typing import IO, Any, Final
 
 import orjson
 
-from ctid.adapters.store import QUEUE_INTERVAL_COLS, ExportKind, Store
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord
+from ctid.adapters.store import QUEUE_INTERVAL_COLS, Store
+from ctid.core.records import ActivityRecord, AgentStateInterval, CallRecord, ExportKind
 
-KINDS: Final[tuple[ExportKind, ...]] = ("activities", "calls", "agent-states", "queue-intervals")
 FORMATS: Final = ("jsonl", "csv")
 
 # The columns of each kind, in the order ``Store.export`` gives them.

@@ -27,16 +27,21 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 import orjson
 
 from ctid.config import StoreConfig
-from ctid.core.records import ActivityRecord, AgentStateInterval, CallbackRecord, CallRecord
+from ctid.core.records import (
+    ActivityRecord,
+    AgentStateInterval,
+    CallbackRecord,
+    CallRecord,
+    ExportKind,
+)
 from ctid.errors import StoreError
 
-ExportKind = Literal["activities", "calls", "agent-states", "queue-intervals"]
 SavedPresence = tuple[str, str, float]  # (presence, reason, since)
 _R = TypeVar("_R", CallRecord, ActivityRecord)
 

@@ -8,7 +8,11 @@ epoch seconds (float, from the events' ``Timestamp``); durations are seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
+
+# The kinds of rows ``ctid sync export`` gives, each with the shared ``seq``.
+ExportKind = Literal["activities", "calls", "agent-states", "queue-intervals"]
+EXPORT_KINDS: Final[tuple[ExportKind, ...]] = get_args(ExportKind)
 
 
 @dataclass(frozen=True, slots=True)
