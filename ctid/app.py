@@ -30,7 +30,6 @@ from ctid.core import contract
 from ctid.core.agents import Link
 from ctid.core.ami import AmiMessage
 from ctid.core.commands import CommandError, readable_id, reply_error
-from ctid.core.directory import NO_MATCH, Match
 from ctid.core.effects import (
     Effect,
     EmitActivity,
@@ -297,7 +296,10 @@ class Daemon:
         """Ask the directory; the pop already went out, its match follows or its deadline."""
         loop = asyncio.get_running_loop()
         deadline = LookupAnswer(effect.call_id, effect.by, effect.value, None)
-        loop.call_later(effect.deadline_s, self.ami.events.put_nowait, (deadline, time.time()))
+        # Stamped when it fires: the timeout pop's ts is the deadline, not the lookup's start.
+        loop.call_later(
+            effect.deadline_s, lambda: self.ami.events.put_nowait((deadline, time.time()))
+        )
         self._spawn(self._answer_lookup(effect), "ctid.directory.lookup")
 
     async def _answer_lookup(self, effect: Lookup) -> None:
@@ -306,8 +308,7 @@ class Daemon:
             return
         try:
             if effect.by == "id":
-                found = await directory.search("id", "=", effect.value, limit=1)
-                match = Match("single", tuple(found)) if found else NO_MATCH
+                match = await directory.lookup_id(effect.value)
             else:
                 match = await directory.lookup(effect.value)
         except (CtidError, ValueError) as exc:

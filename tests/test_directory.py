@@ -191,6 +191,27 @@ async def test_org_contact_carries_its_organization(tmp_path: Path) -> None:
     assert orphan.as_payload()["records"][0]["organization"] == {"id": "o-missing", "name": ""}
 
 
+async def test_lookup_by_record_id_gives_the_records_match_kind(tmp_path: Path) -> None:
+    """An IVR-given account id: a person is single, a contact org_contact with its
+    organization, an organization comes with its contacts; unknown or empty is none;
+    an import clears what was cached for an id."""
+    db = tmp_path / "ctid.sqlite3"
+    await loaded(db)
+    async with Directory.open(db) as directory:
+        person = (await directory.lookup_id("p1")).as_payload()
+        contact = (await directory.lookup_id(" c1 ")).as_payload()
+        org = (await directory.lookup_id("o1")).as_payload()
+        assert (person["kind"], [r["id"] for r in person["records"]]) == ("single", ["p1"])
+        assert contact["kind"] == "org_contact"
+        assert contact["records"][0]["organization"] == {"id": "o1", "name": "ACME GmbH"}
+        assert (org["kind"], [r["id"] for r in org["records"]]) == ("organization", ["o1"])
+        assert [c["id"] for c in org["contacts"]] == ["c2", "c1"]  # by name: Karl, Maria
+        assert (await directory.lookup_id("nope")).kind == "none"
+        assert (await directory.lookup_id("")).kind == "none"
+        await directory.import_rows(source([{**ROWS[3], "name": "Paul Neu"}]))
+        assert (await directory.lookup_id("p1")).records[0].name == "Paul Neu"
+
+
 async def test_lookup_email_and_number_are_separate(tmp_path: Path) -> None:
     """lookup_email never reads a number and lookup_number never an address."""
     db = tmp_path / "ctid.sqlite3"

@@ -44,6 +44,7 @@ from ctid.adapters.store import MIGRATIONS, Store
 from ctid.config import StoreConfig
 from ctid.core.directory import (
     NO_ANI,
+    NO_MATCH,
     BuiltRow,
     Deletion,
     DirectoryEntry,
@@ -66,7 +67,7 @@ from ctid.core.numbers import NumberNormalizer
 from ctid.directory_import import ImportFormat, SourceRow, open_source
 from ctid.errors import StoreError
 
-_CacheKey = tuple[str, str]  # ("number" | "email", normalised key)
+_CacheKey = tuple[str, str]  # ("number" | "email" | "id", normalised key)
 
 # One statement per lookup (each statement is a hop to aiosqlite's thread, which is
 # most of a lookup's cost): the candidates (part 0) and, when exactly one candidate
@@ -97,6 +98,9 @@ _SELECT_MATCH = """
 _MATCH = {
     "number": _SELECT_MATCH.format(table="directory_numbers", column="e164"),
     "email": _SELECT_MATCH.format(table="directory_emails", column="email"),
+    # A record id an IVR gave: the record itself as the only candidate, so an
+    # organization comes with its contacts and a contact with its organization.
+    "id": _SELECT_MATCH.format(table="(SELECT ?1 AS entry)", column="entry"),
 }
 _UPSERT_ENTRY = (
     "INSERT INTO directory_entries "
@@ -391,6 +395,13 @@ class Directory:
         """Look up the address of a chat or e-mail (``no_ani`` if it is not an address)."""
         key = normalize_email(address)
         return await self._lookup(("email", key) if key else None)
+
+    async def lookup_id(self, record_id: str) -> Match:
+        """The match for a CRM record id (an IVR identified the caller): ``single`` for a
+        person, ``org_contact`` for a contact, ``organization`` with its contacts;
+        ``none`` for an id the directory does not hold."""
+        record_id = record_id.strip()
+        return await self._lookup(("id", record_id)) if record_id else NO_MATCH
 
     def cached(self, text: str) -> Match | None:
         """What the cache knows about a number or address, without waiting (None: unknown).
