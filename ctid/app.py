@@ -89,6 +89,14 @@ class LookupAnswer:
     by: str
     value: str
     match: dict[str, Any] | None
+    # False when the directory changed (an import) while it was being looked up: the
+    # answer may be from before it, good for this pop but not to be cached.
+    cacheable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryChanged:
+    """An import changed the directory: the model forgets the matches it cached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,7 @@ class Daemon:
         # with the wall clock from the last event's offset, so a tick and an
         # event never disagree about what time it is (replays included).
         self._clock_offset = 0.0
+        self._directory_epoch = 0  # Directory.epoch when the model's matches were last valid
 
     # ---------------------------------------------------------------- running
 
@@ -254,8 +263,16 @@ class Daemon:
                         effects = self.model.lookup_deadline(item.call_id, now)
                     else:
                         effects = self.model.lookup_done(
-                            item.call_id, item.by, item.value, item.match, now
+                            item.call_id,
+                            item.by,
+                            item.value,
+                            item.match,
+                            now,
+                            cacheable=item.cacheable,
                         )
+                elif isinstance(item, DirectoryChanged):
+                    self.model.forget_matches()
+                    effects = []
                 elif isinstance(item, Resync):
                     effects = self.model.resync(item.items, arrived + self._clock_offset)
                     log.info(
@@ -306,6 +323,7 @@ class Daemon:
         directory = self._directory
         if directory is None:
             return
+        epoch = directory.epoch
         try:
             if effect.by == "id":
                 match = await directory.lookup_id(effect.value)
@@ -315,7 +333,9 @@ class Daemon:
             # The pop says "timeout" at its deadline; the agent still sees the number.
             log.warning("directory.lookup_failed", by=effect.by, error=str(exc))
             return
-        answer = LookupAnswer(effect.call_id, effect.by, effect.value, match.as_payload())
+        answer = LookupAnswer(
+            effect.call_id, effect.by, effect.value, match.as_payload(), directory.epoch == epoch
+        )
         self.ami.events.put_nowait((answer, time.time()))
 
     async def _warm_directory(self, directory: Directory) -> None:
@@ -562,7 +582,27 @@ class Daemon:
                 last_watchdog = now
             # Through the event queue, so the model stays owned by one task.
             self.ami.events.put_nowait((Tick(), time.time()))
+            await self._check_directory()
             await asyncio.sleep(0.5)
+
+    async def _check_directory(self) -> None:
+        """Tell the model when an import (by ``ctid directory import``) changed the directory.
+
+        The model answers pops from its own cache of matches, without asking the
+        directory, so the directory's own check for imports would not run for
+        numbers the model knows: ask it here, at most every ``revalidate_s``.
+        """
+        directory = self._directory
+        if directory is None:
+            return
+        try:
+            await directory.revalidate()
+        except StoreError as exc:
+            log.warning("directory.revalidate_failed", error=str(exc))
+            return
+        if directory.epoch != self._directory_epoch:
+            self._directory_epoch = directory.epoch
+            self.ami.events.put_nowait((DirectoryChanged(), time.time()))
 
 
 class _DirectoryAccess:

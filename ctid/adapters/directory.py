@@ -441,6 +441,15 @@ class Directory:
             self._cache.put(key, match)
         return match
 
+    @property
+    def epoch(self) -> int:
+        """Bumped whenever the cache is cleared (an import here or by another process)."""
+        return self._epoch
+
+    async def revalidate(self) -> None:
+        """Clear the cache if another process imported since (checked every ``revalidate_s``)."""
+        await self._revalidate()
+
     async def _revalidate(self) -> None:
         now = self._clock()
         if now - self._checked_at < self._revalidate_s:
@@ -449,7 +458,8 @@ class Directory:
         rows = await self._read("SELECT generation FROM directory_meta", ())
         generation = int(rows[0][0])
         if generation != self._generation:
-            self.clear_cache()
+            if self._generation != -1:  # the first check finds what is there, no change
+                self.clear_cache()
             self._generation = generation
 
     async def remember_choice(self, text: str, record_id: str) -> None:

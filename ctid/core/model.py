@@ -189,8 +189,8 @@ class ModelSettings:
     lookup: bool = True
     lookup_deadline_s: float = 0.3
     match_cache_size: int = 10_000
-    # How long a cached answer is trusted: an import by another process (``ctid
-    # directory import``) shows in pops after at most this long.
+    # How long a cached answer is trusted. The daemon also clears the cache when the
+    # directory changes (``forget_matches``); this bounds a stale answer if it cannot tell.
     match_cache_ttl_s: float = 30.0
 
 
@@ -1420,15 +1420,24 @@ class Model:
         return call
 
     def lookup_done(
-        self, call_id: str, by: str, value: str, match: Mapping[str, Any], now: float
+        self,
+        call_id: str,
+        by: str,
+        value: str,
+        match: Mapping[str, Any],
+        now: float,
+        *,
+        cacheable: bool = True,
     ) -> list[Effect]:
-        """The directory answered: cache it, and update every pop of the call already out."""
+        """The directory answered: cache it (if ``cacheable``: not read across an
+        import), and update every pop of the call already out."""
         out: list[Effect] = []
-        key = f"{by}:{value}"
-        self.match_cache[key] = (match, now)
-        self.match_cache.move_to_end(key)
-        while len(self.match_cache) > self.settings.match_cache_size:
-            self.match_cache.popitem(last=False)
+        if cacheable:
+            key = f"{by}:{value}"
+            self.match_cache[key] = (match, now)
+            self.match_cache.move_to_end(key)
+            while len(self.match_cache) > self.settings.match_cache_size:
+                self.match_cache.popitem(last=False)
         call = self.calls.get(call_id)
         if call is None or call.lookup == "done":
             return out
@@ -1460,6 +1469,10 @@ class Model:
     def forget_match(self, by: str, value: str) -> None:
         """The answer for one caller changed (an agent chose a record): ask again next time."""
         self.match_cache.pop(f"{by}:{value}", None)
+
+    def forget_matches(self) -> None:
+        """The directory changed (an import): ask it again for every caller."""
+        self.match_cache.clear()
 
     def _repop(self, call_id: str, now: float, out: list[Effect]) -> None:
         """Publish the latest pop of each part of the call again, with the call's match."""
