@@ -93,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     directory = sub.add_parser("directory", help="the contact directory")
     directory_sub = directory.add_subparsers(dest="directory_command", required=True)
     imp = directory_sub.add_parser(
-        "import", help="import CRM records from a CSV or JSON file (upsert by CRM id)"
+        "import",
+        help="import CRM records from a CSV or JSON file (upsert by CRM id)",
+        epilog=_IMPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     imp.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
     imp.add_argument("file", type=Path)
@@ -103,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--delete-missing",
         action="store_true",
-        help="full sync: delete every record the file does not name",
+        help="full sync: delete every record the file does not name (see below)",
     )
     imp.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -127,6 +130,19 @@ def _parser() -> argparse.ArgumentParser:
         "--reuse", type=Path, default=None, help="keep the passwords of this credentials.json"
     )
     return parser
+
+
+_IMPORT_EPILOG = """\
+exit status:
+  0  every row imported (or was already up to date)
+  1  some rows had errors: they are listed, the other rows were imported;
+     or the import failed on the way (a database error, on stderr)
+  2  nothing imported: the file is missing or unusable as a whole (e.g. a
+     JSON list with a syntax error), or bad configuration or usage
+
+--delete-missing deletes nothing if any row could not be read or has no
+usable id (the file may not name every entry); the other rows still import.
+"""
 
 
 def _non_negative(text: str) -> int:
@@ -373,6 +389,7 @@ def _directory_import(
     from ctid.core.directory import ImportReport
     from ctid.core.numbers import NumberNormalizer
     from ctid.directory_import import ImportFormat
+    from ctid.errors import ImportFileError
 
     config = load_config(config_path)
     if not file.is_file():
@@ -388,10 +405,16 @@ def _directory_import(
             form: ImportFormat | None = fmt  # type: ignore[assignment]  # argparse choices
             return await directory.import_file(file, fmt=form, delete_missing=delete_missing)
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except ImportFileError as exc:
+        # Raised before any row is read: 2, unlike 1 for a file imported in part.
+        print(f"ctid: directory import: {exc} (nothing imported)", file=sys.stderr)
+        return 2
+    status = 1 if report.error_count else 0  # the epilog's exit status
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
-        return 0
+        return status
     print(f"{file}: {report.summary()}")
     for note in report.notes:
         print(f"note: {note}")
@@ -403,7 +426,7 @@ def _directory_import(
     unlisted += report.warning_count - len(report.warnings)
     if unlisted:
         print(f"… and {unlisted} more errors and warnings (use --json for the counts)")
-    return 0
+    return status
 
 
 def _lookup(config_path: Path, query: str) -> int:

@@ -16,8 +16,9 @@ Formats (DESIGN "Directory import"; README "Contact directory"):
 A row whose deletion flag is set (``"deleted": true``, or ``1``/``true``/``yes`` in
 CSV) deletes that record. A row that cannot be read (bad JSON on one line, a CSV
 row with too many fields, bytes that are not UTF-8) becomes a ``SourceRow`` with an
-error; a file that cannot be read at all raises ``ImportFileError`` before any
-row is produced.
+error (its id unknown: a full sync then deletes nothing); a file that cannot be read
+at all, such as a JSON list with a syntax error anywhere, raises ``ImportFileError``
+(naming the line where it can) before any row is produced.
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def _json_list(path: Path, text: str) -> Iterator[SourceRow]:
     try:
         items = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise ImportFileError(f"{path}: not valid JSON: {exc}") from exc
+        # Unlike lines of CSV or JSON lines, a list cannot resume after a syntax error.
+        raise ImportFileError(
+            f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); "
+            "a JSON list is rejected whole"
+        ) from exc
     if not isinstance(items, list):
         raise ImportFileError(f"{path}: a JSON import is a list of objects (or one per line)")
     del items  # only checked: the walk below gives each element its line number
@@ -142,7 +147,8 @@ def _json_lines(text: str) -> Iterator[SourceRow]:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            yield SourceRow(number, error=f"not valid JSON: {exc}")
+            # exc's own "line 1" would be the line within this line: give the column only.
+            yield SourceRow(number, error=f"not valid JSON: {exc.msg} (column {exc.colno})")
             continue
         if isinstance(value, dict):
             yield SourceRow(number, value)

@@ -311,6 +311,56 @@ async def test_delete_missing_is_a_full_sync(tmp_path: Path) -> None:
         empty = await directory.import_rows([], delete_missing=True)
         assert empty.deleted == 0
         assert empty.notes == ["no rows: --delete-missing deleted nothing"]
+        assert (empty.deletions_skipped, report.deletions_skipped) == (True, False)
+
+
+# Each file updates p1 (to "Paul Neu") and has rows whose id is unknown.
+PAUL_NEU = b'{"id": "p1", "kind": "person", "name": "Paul Neu"}'
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "unidentified"),
+    [
+        ("d.jsonl", b'{"id": "c2", "kind": "contact", "name": "Karl M\n' + PAUL_NEU, 1),
+        ("d.csv", b'id,kind,name\nc2,contact,"Karl\np1,person,Paul Neu\n', 1),
+        ("d.csv", b"id,kind,name\nc2,contact,Karl,extra\np1,person,Paul Neu\n", 1),
+        ("d.csv", b"id,kind,name\nc2,contact,Karl \xff\np1,person,Paul Neu\n", 1),
+        ("d.csv", b"id,kind,name\n,contact,Karl\np1,person,Paul Neu\n", 1),  # no id
+        ("d.json", b"[" + PAUL_NEU + b", 7]", 1),
+        ("d.jsonl", b'{"kind": "person"}\n[1]\n' + PAUL_NEU, 2),
+    ],
+)
+async def test_delete_missing_deletes_nothing_when_a_row_names_no_id(
+    tmp_path: Path, name: str, content: bytes, unidentified: int
+) -> None:
+    """A full sync with a row whose id is unknown keeps every entry, imports the rest, says why."""
+    db = tmp_path / "ctid.sqlite3"
+    await loaded(db)
+    path = tmp_path / name
+    path.write_bytes(content)
+    async with Directory.open(db) as directory:
+        report = await directory.import_file(path, delete_missing=True)
+        assert (report.updated, report.deleted, report.error_count) == (1, 0, unidentified)
+        assert (report.unidentified, report.deletions_skipped) == (unidentified, True)
+        rows = "1 row" if unidentified == 1 else f"{unidentified} rows"
+        assert report.notes[-1].startswith(f"deletions skipped: {rows} could not be read")
+        assert "so the file may not name every entry" in report.notes[-1]
+        assert (await directory.counts())["contact"] == 3  # c2 (and all others) kept
+        assert ids((await directory.lookup("030 1000002")).records) == ["c2"]
+        assert [r.name for r in await directory.search("id", "=", "p1")] == ["Paul Neu"]
+
+
+async def test_delete_missing_keeps_explicit_deletions_when_a_row_names_no_id(
+    tmp_path: Path,
+) -> None:
+    """Skipping the full sync's deletions leaves a row's own "deleted": true in force."""
+    db = tmp_path / "ctid.sqlite3"
+    await loaded(db)
+    rows = [SourceRow(1, {"id": "p2", "deleted": True}), SourceRow(2, error="not valid JSON")]
+    async with Directory.open(db) as directory:
+        report = await directory.import_rows(rows, delete_missing=True)
+        assert (report.deleted, report.deletions_skipped) == (1, True)
+        assert (await directory.counts())["person"] == 2  # p1 and x1 kept; p2 deleted
 
 
 async def test_row_errors_have_lines_and_the_rest_imports(tmp_path: Path) -> None:
@@ -490,13 +540,13 @@ def test_cli_import_lookup_search(
     """`ctid directory import` prints a summary with line numbers; lookup and search print JSON."""
     data = jsonl(tmp_path / "d.jsonl", [*ROWS, {"id": "bad", "kind": "alien", "name": "x"}])
     code, out, err = ctid(capsys, "directory", "import", "-c", str(config), str(data))
-    assert (code, err) == (0, "")
+    assert (code, err) == (1, "")  # 1: a row had an error, the rest imported
     assert out.splitlines() == [
         f"{data}: 8 rows: 7 inserted, 0 updated, 0 unchanged, 0 deleted, 1 errors, 0 warnings",
         "line 8: error: kind: 'alien' is not one of person, organization, contact",
     ]
     code, out, _ = ctid(capsys, "directory", "import", "-c", str(config), str(data), "--json")
-    assert (code, orjson.loads(out)["unchanged"]) == (0, 7)
+    assert (code, orjson.loads(out)["unchanged"]) == (1, 7)
 
     code, out, _ = ctid(capsys, "lookup", "-c", str(config), "anonymous")
     assert (code, orjson.loads(out)) == (0, {"kind": "no_ani", "records": []})
@@ -533,15 +583,77 @@ def test_cli_import_lookup_search(
 def test_cli_import_whole_file_failure(
     tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A file that is not CSV or JSON exits 1 with one clear line; a missing file exits 2."""
+    """A file that is not CSV or JSON, or is missing, exits 2 with one clear line."""
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01\x02 not a directory\n")
-    code, _, err = ctid(capsys, "directory", "import", "-c", str(config), str(junk))
-    assert code == 1
+    code, out, err = ctid(capsys, "directory", "import", "-c", str(config), str(junk))
+    assert (code, out) == (2, "")
     assert "neither JSON nor CSV" in err
+    assert err.rstrip().endswith("(nothing imported)")
+    broken = tmp_path / "d.json"
+    broken.write_text('[\n{"id": "p1", "kind": "person", "name": "A"},\n{"id": "p2"\n]\n')
+    code, out, err = ctid(capsys, "directory", "import", "-c", str(config), str(broken))
+    assert (code, out) == (2, "")
+    assert f"{broken}: line 4, column 1: not valid JSON" in err
+    code, out, _ = ctid(capsys, "search", "-c", str(config), "id", "=", "p1")
+    assert (code, out) == (0, "")  # rejected whole: not even the readable first element
     code, _, err = ctid(capsys, "directory", "import", "-c", str(config), str(tmp_path / "no.csv"))
     assert code == 2
     assert "no such file" in err
+
+
+def test_cli_import_exit_status_and_full_sync_with_a_broken_row(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 0 clean, 1 with row errors; a full sync with an unreadable row deletes nothing."""
+    header = "id,kind,name,numbers\n"
+    first = tmp_path / "first.csv"
+    first.write_text(header + "crm-1,person,Anna,work=030 1111111\ncrm-9,person,Nina,030 9999999\n")
+    code, out, err = ctid(capsys, "directory", "import", "-c", str(config), str(first))
+    assert (code, err) == (0, "")
+    assert "2 inserted" in out
+
+    # crm-9's row has a stray quote: it names no id the importer could read.
+    broken = tmp_path / "broken.csv"
+    broken.write_text(header + 'crm-1,person,Anna B,work=030 1111111\ncrm-9,person,"Nina\n')
+    args = ("directory", "import", "-c", str(config), str(broken), "--delete-missing")
+    code, out, err = ctid(capsys, *args)
+    assert (code, err) == (1, "")
+    assert out.splitlines() == [
+        f"{broken}: 2 rows: 0 inserted, 1 updated, 0 unchanged, 0 deleted, 1 errors, 0 warnings",
+        "note: deletions skipped: 1 row could not be read or had no usable id (line 3), so "
+        "the file may not name every entry; fix it and import again",
+        "line 3: error: not valid CSV: unexpected end of data",
+    ]
+    code, out, _ = ctid(capsys, "lookup", "-c", str(config), "030 9999999")
+    assert (code, [r["id"] for r in orjson.loads(out)["records"]]) == (0, ["crm-9"])
+    code, out, _ = ctid(capsys, *args, "--json")
+    report = orjson.loads(out)
+    assert (code, report["deleted"], report["deletions_skipped"]) == (1, 0, True)
+
+    # The same full sync with a clean file does delete crm-9.
+    clean = tmp_path / "clean.csv"
+    clean.write_text(header + "crm-1,person,Anna B,work=030 1111111\n")
+    code, out, err = ctid(
+        capsys, "directory", "import", "-c", str(config), str(clean), "--delete-missing"
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{clean}: 1 rows: 0 inserted, 0 updated, 1 unchanged, 1 deleted, 0 errors, 0 warnings"
+    ]
+    code, out, _ = ctid(capsys, "lookup", "-c", str(config), "030 9999999")
+    assert (code, orjson.loads(out)["kind"]) == (0, "none")
+
+
+def test_cli_import_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctid directory import --help` explains the exit codes."""
+    with pytest.raises(SystemExit) as info:
+        main(["directory", "import", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit status:" in out
+    assert "  1  some rows had errors" in out
+    assert "  2  nothing imported" in out
 
 
 # -- inline lookups ---------------------------------------------------------------

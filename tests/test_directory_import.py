@@ -128,6 +128,9 @@ def test_json_lines_bad_lines_are_row_errors(tmp_path: Path) -> None:
         (5, "b", False),
     ]
     assert got[0].fields["name"] == "x\u2028y"
+    # The column within the line: orjson's own "line 1" would contradict the row's line.
+    assert got[1].error.startswith("not valid JSON: ")
+    assert got[1].error.endswith("(column 8)")
 
 
 def test_format_is_guessed_from_content(tmp_path: Path) -> None:
@@ -145,7 +148,8 @@ def test_format_is_guessed_from_content(tmp_path: Path) -> None:
     [
         ("empty.csv", b"", "empty"),
         ("blank.json", b"  \n", "empty"),
-        ("broken.json", b'[{"id": "a"},', "not valid JSON"),
+        ("broken.json", b'[{"id": "a"},', "line 1, column 14: not valid JSON"),
+        ("comma.json", b'[\n {"id": "a"}\n {"id": "b"}\n]', "line 3, column 2: not valid JSON"),
         ("object.json", b'{"id": "a"}', "a list of objects"),
         ("latin1.json", b'[{"name": "J\xf6rg"}]', "line 1: not UTF-8"),
         ("noid.csv", b"name,kind\nx,person\n", "neither JSON nor CSV with an 'id' column"),

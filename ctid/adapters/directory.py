@@ -582,8 +582,9 @@ class Directory:
 
         Unchanged entries are not written, so a re-import changes nothing. With
         ``delete_missing`` (a full sync), entries whose id no row named are deleted at
-        the end; rows with errors still count as naming their id, and a source
-        without a single row deletes nothing.
+        the end; rows with errors still count as naming their id. A full sync deletes
+        nothing (the readable rows still import; a note says why) when the source has
+        no row at all, or a row whose id is unknown: unreadable, or without a usable id.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -613,7 +614,12 @@ class Directory:
                         break
                 if delete_missing:
                     if report.rows == 0:
+                        report.deletions_skipped = True
                         report.notes.append("no rows: --delete-missing deleted nothing")
+                    elif report.unidentified:
+                        # The entry an unreadable row carried is unknown: deleting what
+                        # the file "misses" could delete it. Keep everything instead.
+                        report.skip_deletions()
                     else:
                         await _delete_missing(db, report)
             except sqlite3.Error as exc:
@@ -637,13 +643,14 @@ def _build_batch(
     for row in source:
         report.rows += 1
         if row.error:
-            report.error(row.line, row.error)
+            report.error(row.line, row.error, unidentified=True)
         else:
             try:
                 built: BuiltRow = build_entry(row.fields, normalizer)
             except RowError as exc:
-                report.error(row.line, str(exc))
-                if (rid := row_id(row.fields)) is not None:
+                rid = row_id(row.fields)
+                report.error(row.line, str(exc), unidentified=rid is None)
+                if rid is not None:
                     seen.append(rid)  # a broken row still names a record a full sync keeps
             else:
                 for warning in built.warnings:

@@ -573,16 +573,39 @@ class ImportReport:
     errors: list[tuple[int, str]] = field(default_factory=list)
     warnings: list[tuple[int, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Rows whose CRM id is unknown (unreadable, or no usable id) and the first lines:
+    # such a row may carry any entry, so a full sync must not delete what it misses.
+    unidentified: int = 0
+    unidentified_lines: list[int] = field(default_factory=list)
+    deletions_skipped: bool = False  # --delete-missing deleted nothing (see notes)
     max_listed: int = 1000
 
     @property
     def changed(self) -> bool:
         return bool(self.inserted or self.updated or self.deleted)
 
-    def error(self, line: int, message: str) -> None:
+    def error(self, line: int, message: str, *, unidentified: bool = False) -> None:
+        """Count a row error; ``unidentified``: the row names no CRM id that could be read."""
         self.error_count += 1
         if len(self.errors) < self.max_listed:
             self.errors.append((line, message))
+        if unidentified:
+            self.unidentified += 1
+            if len(self.unidentified_lines) < self.max_listed:
+                self.unidentified_lines.append(line)
+
+    def skip_deletions(self) -> None:
+        """Record that a full sync deleted nothing because some rows name no id."""
+        self.deletions_skipped = True
+        count = self.unidentified
+        rows = "1 row" if count == 1 else f"{count} rows"
+        shown = self.unidentified_lines[:10]
+        lines = ", ".join(str(n) for n in shown) + (", …" if count > len(shown) else "")
+        self.notes.append(
+            f"deletions skipped: {rows} could not be read or had no usable id "
+            f"(line{'' if count == 1 else 's'} {lines}), so the file may not name every "
+            f"entry; fix {'it' if count == 1 else 'them'} and import again"
+        )
 
     def warning(self, line: int, message: str) -> None:
         self.warning_count += 1
@@ -609,4 +632,6 @@ class ImportReport:
             "errors": [{"line": n, "message": m} for n, m in self.errors],
             "warnings": [{"line": n, "message": m} for n, m in self.warnings],
             "notes": list(self.notes),
+            "unidentified": self.unidentified,
+            "deletions_skipped": self.deletions_skipped,
         }
