@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import structlog
 
-from ctid import __version__
+from ctid import __version__, checkpoint
 from ctid.adapters.ami import ActionSender, AmiClient
 from ctid.adapters.bus import Bus
 from ctid.adapters.directory import Directory
@@ -109,8 +109,21 @@ class Resync:
 # In this order (DESIGN.md): channels first, so calls that ended during the
 # outage are closed before queue memberships and presences are rebuilt.
 RESYNC_ACTIONS = ("CoreShowChannels", "BridgeList", "QueueStatus", "Status")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The model's state (``ctid.checkpoint`` bytes) to store, after what it emitted before."""
+
+    taken_at: float
+    state: bytes
+
+
 # What the publisher task takes, in the model's order.
 Outgoing = Publish | EmitActivity | EmitCall | EmitCallback
+# A checkpoint is taken at most this often (seconds), and only after a change: a
+# SIGKILL loses the calls that began in the last this-long and ended while ctid was down.
+_CHECKPOINT_EVERY_S = 0.2
 # At most this many queued effects are logged in one transaction before publishing.
 _PUBLISH_BATCH = 500
 
@@ -145,7 +158,13 @@ class Daemon:
             ),
             on_connected=self._on_bus_connected,
         )
-        self._publishes: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._publishes: asyncio.Queue[Outgoing | Checkpoint] = asyncio.Queue()
+        self._publishing = False  # the publisher holds a batch it has not finished
+        self._changes = 0  # model changes so far (events applied, effects emitted)
+        self._checkpointed = 0  # _changes when the last checkpoint was taken
+        self._checkpoint_at = float("-inf")  # loop time of the last checkpoint
+        self._checkpoint_queued = False  # one is in the publisher's queue, not yet stored
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._durable: asyncio.Queue[Effect] = asyncio.Queue()
         self._outbox_kick = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
@@ -179,6 +198,7 @@ class Daemon:
             self._directory = directory
             # Lookups go through aiosqlite's thread until the cache is warm, then inline.
             self._spawn(self._warm_directory(directory), "ctid.directory.warm_up")
+            await self._restore_checkpoint(store)
             for agent_id, (presence, reason, since) in (await store.load_presences()).items():
                 self.model.restore_presence(agent_id, presence, reason, since)
             for agent_id, seq in (await store.agent_seqs()).items():
@@ -223,6 +243,10 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self._publishes.join()
+        if self._publishes.empty() and not self._publishing:
+            # Everything the model emitted is stored: the state now matches the rows.
+            # (Otherwise the last checkpoint stays, older than rows not yet stored.)
+            await self._save_checkpoint(self._take_checkpoint())
         await self.bus.close(self._status("down", daemon="stopped"))
         # Lookups and actions still in flight: their answers have nowhere to go now,
         # and the directory closes next (they would log a failure against it).
@@ -290,9 +314,14 @@ class Daemon:
                 effects = []
             finally:
                 self.ami.events.task_done()
+            if not isinstance(item, Tick):
+                self._changes += 1
             self._emit(effects)
+            self._maybe_checkpoint()
 
     def _emit(self, effects: list[Effect]) -> None:
+        if effects:
+            self._changes += 1
         for effect in effects:
             if isinstance(effect, Outgoing):
                 self._publishes.put_nowait(effect)
@@ -303,11 +332,13 @@ class Daemon:
             else:
                 self._durable.put_nowait(effect)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         # Keep a reference: a task nobody holds may be garbage-collected mid-flight.
+        # (Shutdown cancels those still running.)
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _lookup(self, effect: Lookup) -> None:
         """Ask the directory; the pop already went out, its match follows or its deadline."""
@@ -434,11 +465,18 @@ class Daemon:
             batch = [await self._publishes.get()]
             while len(batch) < _PUBLISH_BATCH and not self._publishes.empty():
                 batch.append(self._publishes.get_nowait())
+            self._publishing = True
             try:
                 await self._log_agent_messages(batch)
                 for effect in batch:
-                    await self._publish_one(effect)
+                    if isinstance(effect, Checkpoint):
+                        await self._save_checkpoint(effect)
+                        self._checkpoint_queued = False
+                        self._maybe_checkpoint()  # changes since it was taken: the next
+                    else:
+                        await self._publish_one(effect)
             finally:
+                self._publishing = False
                 for _ in batch:
                     self._publishes.task_done()
 
@@ -458,7 +496,7 @@ class Daemon:
             # them, and the retained state/snapshot and `replay` heal the page.
             log.debug("bus.publish_dropped", error=str(exc))
 
-    async def _log_agent_messages(self, batch: list[Outgoing]) -> None:
+    async def _log_agent_messages(self, batch: list[Outgoing | Checkpoint]) -> None:
         store = self._store
         if store is None:
             return
@@ -466,6 +504,7 @@ class Daemon:
         logged = [
             AgentMessage(agent, int(m.payload["seq"]), m.topic, orjson.dumps(m.payload), now)
             for effect in batch
+            if not isinstance(effect, Checkpoint)
             for m in messages_of(effect)
             if (agent := contract.agent_of_topic(m.topic)) is not None and "seq" in m.payload
         ]
@@ -479,11 +518,24 @@ class Daemon:
         store = self._store
         if store is None:
             return
+        # A record ctid closed itself after a resync never replaces a stored one: see
+        # Store.save_call (a call taken up from a checkpoint may have been stored since).
+        only_new = effect.record.ended_while_disconnected
         try:
             if isinstance(effect, EmitActivity):
-                await store.save_activity(effect.record, outbox=outbox_messages(effect.messages))
+                saved = await store.save_activity(
+                    effect.record, outbox=outbox_messages(effect.messages), only_new=only_new
+                )
             else:
-                await store.save_call(effect.record, outbox=outbox_messages(effect.messages))
+                saved = await store.save_call(
+                    effect.record, outbox=outbox_messages(effect.messages), only_new=only_new
+                )
+            if not saved:
+                log.info(
+                    "store.kept_stored_row",
+                    effect=type(effect).__name__,
+                    interaction_id=effect.record.interaction_id,
+                )
         except StoreError:
             # Nothing to publish then: a message must not go out for a row that is not stored.
             log.exception("store.write_failed", effect=type(effect).__name__)
@@ -575,6 +627,7 @@ class Daemon:
         watchdog = watchdog_interval_s() or 5.0
         self._outbox_kick.set()
         last_watchdog = 0.0
+        check: asyncio.Task[None] | None = None
         while True:
             now = time.monotonic()
             if now - last_watchdog >= min(watchdog, 5.0):
@@ -582,8 +635,75 @@ class Daemon:
                 last_watchdog = now
             # Through the event queue, so the model stays owned by one task.
             self.ami.events.put_nowait((Tick(), time.time()))
-            await self._check_directory()
+            if check is None or check.done():
+                # Its own task: a read that waits (the directory's thread busy) must
+                # not hold back the ticks and the watchdog.
+                check = self._spawn(self._check_directory(), "ctid.directory.check")
             await asyncio.sleep(0.5)
+
+    def _maybe_checkpoint(self) -> None:
+        """Queue a checkpoint of the model if it changed since the last one.
+
+        In the publisher's queue, taken now: it is stored after every row the
+        model emitted before it, so a restart never takes up a state newer than
+        the stored rows (that would lose the rows in between). One at a time,
+        at most every ``_CHECKPOINT_EVERY_S``: the next is taken once the last
+        is stored, so under load a checkpoint covers many changes.
+        """
+        if self._checkpoint_queued or self._changes == self._checkpointed:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._checkpoint_at + _CHECKPOINT_EVERY_S - loop.time()
+        if wait > 0:
+            if self._checkpoint_timer is None:
+                self._checkpoint_timer = loop.call_later(wait, self._checkpoint_due)
+            return
+        self._checkpoint_at = loop.time()
+        self._checkpoint_queued = True
+        self._publishes.put_nowait(self._take_checkpoint())
+
+    def _checkpoint_due(self) -> None:
+        self._checkpoint_timer = None
+        self._maybe_checkpoint()
+
+    def _take_checkpoint(self) -> Checkpoint:
+        """The model's state now (synchronously: no event is applied meanwhile)."""
+        self._checkpointed = self._changes
+        return Checkpoint(time.time(), checkpoint.dumps(self.model.state()))
+
+    async def _save_checkpoint(self, taken: Checkpoint) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            await store.save_checkpoint(checkpoint.fingerprint(), taken.taken_at, taken.state)
+        except StoreError:
+            log.exception("store.checkpoint_failed")
+
+    async def _restore_checkpoint(self, store: Store) -> None:
+        """Take up the calls the last run left open (the first resync closes those gone)."""
+        try:
+            saved = await store.load_checkpoint()
+        except StoreError:
+            log.exception("model.checkpoint_unreadable")
+            return
+        if saved is None:
+            return
+        written_by, taken_at, blob = saved
+        if written_by != checkpoint.fingerprint():
+            log.warning("model.checkpoint_ignored", written_by=written_by, why="another version")
+            return
+        try:
+            self.model.restore(checkpoint.loads(blob))
+        except ValueError as exc:
+            log.warning("model.checkpoint_ignored", error=str(exc))
+            return
+        log.info(
+            "model.restored",
+            calls=len(self.model.calls),
+            parts=len(self.model.parts),
+            taken_at=round(taken_at, 3),
+        )
 
     async def _check_directory(self) -> None:
         """Tell the model when an import (by ``ctid directory import``) changed the directory.

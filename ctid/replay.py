@@ -186,16 +186,20 @@ def replay(
 async def store_replayed(store: Store, durable: list[DurableEffect]) -> dict[str, int]:
     """Write what a replay produced into ``store`` as the daemon would; idempotent.
 
-    Activities and call rows go in with their outbox messages (which a running
-    daemon then publishes), state intervals, presences and callbacks as the
-    daemon writes them. A second replay of the same capture writes nothing
-    (``Store.save_once``): same rows, same ``seq``, no message queued again.
+    Activities and call rows go in with their outbox messages for the CRM
+    (which a running daemon then publishes), state intervals, presences and
+    callbacks as the daemon writes them. Not the messages on agents' topics: a
+    replay is of the past, its ``seq`` are the replay's own, and a page must not
+    get old activities with seqs that clash with its live stream. A second
+    replay of the same capture writes nothing (``Store.save_once``): same rows,
+    same ``seq``, no message queued again.
     Returns the rows written and skipped, by table.
     """
     items: list[tuple[StoredRow, list[OutboxMessage]]] = []
     for effect in durable:
         if isinstance(effect, EmitActivity | EmitCall):
-            items.append((effect.record, daemon_outbox(effect.messages)))
+            crm = tuple(m for m in effect.messages if contract.agent_of_topic(m.topic) is None)
+            items.append((effect.record, daemon_outbox(crm)))
         elif isinstance(effect, EmitCallback):
             items.append((effect.record, []))
         elif isinstance(effect, RecordInterval):

@@ -431,11 +431,33 @@ async def test_sigkill_keeps_the_activity_of_an_agent_rung_again_after_the_resta
     await sigkill_and_restart(tmp_path, kill_at=0.2503, back=0.2555, pause_s=2.0)
 
 
+async def test_sigkill_then_calls_open_at_the_kill_get_their_rows(tmp_path: Path) -> None:
+    """Calls in progress at the kill that end while ctid is dead still get their rows.
+
+    Asterisk tells the restarted daemon only what is up then; ctid's checkpoint of
+    its model (taken at most 0.2 s after a change, stored after the rows emitted
+    before it) tells it which calls were open, and the resync closes those gone
+    (``ended_while_disconnected``), each once. The kill comes 1 s after the last
+    event, so the checkpoint holds everything before it (a kill sooner after a
+    change loses the calls that began in those last 0.2 s, if they end unseen).
+    Calls that begin and end while ctid is dead are never seen by it: AMI has no
+    history to ask. Also checks everything ``test_sigkill_during_traffic`` does.
+    """
+    await sigkill_and_restart(tmp_path, kill_at=0.4, back=0.5, pause_s=1.0, checkpointed=True)
+
+
 async def sigkill_and_restart(
-    tmp_path: Path, *, kill_at: float, back: float, pause_s: float = 0.0
+    tmp_path: Path,
+    *,
+    kill_at: float,
+    back: float,
+    pause_s: float = 0.0,
+    checkpointed: bool = False,
 ) -> None:
     """Kill ctid at fraction ``kill_at`` of the traffic (``pause_s`` after its last event),
-    start it again at ``back``, and check."""
+    start it again at ``back``, and check. ``checkpointed``: the kill came long enough
+    after the last event for the checkpoint to hold it: every call open at the kill has
+    its row at the end, and every agent part begun before the kill its activity."""
     msgs = traffic()
     kill_i, back_i = index_at(msgs, kill_at), index_at(msgs, back)
     spans = call_spans(msgs)
@@ -524,6 +546,22 @@ async def sigkill_and_restart(
         if a.ended_at > restart_ts and (a.interaction_id, a.agent) not in per_part
     )
     assert not unseen, f"agents' parts that ended after the restart without an activity: {unseen}"
+    if checkpointed:
+        kill_ts = msgs[kill_i - 1].timestamp
+        assert kill_ts is not None
+        gone = [c for c in open_at_kill if c not in after["calls"]]
+        assert not gone, f"calls open at the kill without a row: {gone}"
+        unseen_down = [c for c in open_at_kill if spans[c][1] < back_i]
+        assert unseen_down, "some calls must end while ctid is dead"
+        assert all(after["calls"][c]["ended_while_disconnected"] for c in unseen_down)
+        parts_at_kill = {
+            (a.interaction_id, a.agent)
+            for a in ref.activities.values()
+            if a.interaction_id in open_at_kill and a.offered_at < kill_ts
+        }
+        assert parts_at_kill <= set(per_part), (
+            f"parts begun before the kill without an activity: {parts_at_kill - set(per_part)}"
+        )
     async with Store.open(path) as store:
         for call_id in started_after:
             assert await store.get_call(call_id) == ref.calls[call_id], call_id

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from ctid import checkpoint
 from ctid.core.agents import Presence
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import Effect, EmitActivity, EmitCall, Publish, SendAction
@@ -184,6 +188,74 @@ def test_resync_keeps_surviving_calls_without_duplicates() -> None:
     ] == []
     rest = [e for _, e in feed(m, msgs[cut:]) if isinstance(e, EmitActivity)]
     assert [(a.record.agent, a.record.outcome) for a in rest] == [("1001", "answered")]
+
+
+def test_a_restored_model_goes_on_where_the_checkpoint_left_it() -> None:
+    """A model restored from another's checkpoint (through its bytes) closes a call that
+    ended unseen with the same activity id, flagged as such, and finishes a call that
+    goes on as the original model would, activity for activity."""
+    msgs = events("inbound_answered")
+    cut = next(i for i, e in enumerate(msgs) if e.event == "BridgeEnter") + 2
+    original = model()
+    list(feed(original, msgs[:cut]))
+    blob = checkpoint.dumps(original.state())
+
+    resumed = model()
+    resumed.restore(checkpoint.loads(blob))
+    assert set(resumed.calls) == set(original.calls)
+    assert resumed.agents["1001"].parts == original.agents["1001"].parts
+    finish = [e.record for _, e in feed(resumed, msgs[cut:]) if isinstance(e, EmitActivity)]
+    want = [e.record for _, e in feed(original, msgs[cut:]) if isinstance(e, EmitActivity)]
+    assert finish == want
+    assert len(want) == 1
+
+    gone = model()
+    gone.restore(checkpoint.loads(blob))
+    complete = AmiMessage.build({"Event": "CoreShowChannelsComplete", "ListItems": "0"})
+    effects = gone.resync([complete], msgs[cut].timestamp or 0.0)
+    acts = [e.record for e in effects if isinstance(e, EmitActivity)]
+    calls = [e.record for e in effects if isinstance(e, EmitCall)]
+    assert [(a.id, a.ended_while_disconnected) for a in acts] == [(want[0].id, True)]
+    assert [c.ended_while_disconnected for c in calls] == [True]
+
+
+def test_a_restored_model_keeps_only_configured_agents() -> None:
+    """An agent no longer in the config is dropped with its parts; devices and limits are
+    the config's, the rest (presence, open interactions) the checkpoint's."""
+    msgs = events("inbound_answered")
+    cut = next(i for i, e in enumerate(msgs) if e.event == "BridgeEnter") + 2
+    original = model()
+    list(feed(original, msgs[:cut]))
+    assert original.agents["1001"].parts
+    others = tuple(a for a in AGENTS if a.id != "1001")
+    without = Model(ModelSettings(agents=others), NumberNormalizer())
+    without.restore(checkpoint.loads(checkpoint.dumps(original.state())))
+    assert "1001" not in without.agents
+    assert all(p.agent != "1001" for p in without.parts.values())
+    assert all(c.agent != "1001" for c in without.channels.values())
+    moved = tuple(
+        AgentSpec(id=a.id, devices=("PJSIP/x",), extension=a.id, limit=2) if a.id == "1001" else a
+        for a in AGENTS
+    )
+    changed = Model(ModelSettings(agents=moved), NumberNormalizer())
+    changed.restore(checkpoint.loads(checkpoint.dumps(original.state())))
+    agent = changed.agents["1001"]
+    assert (agent.devices, agent.limit) == (("PJSIP/x",), 2)
+    assert agent.parts == original.agents["1001"].parts
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"", "unreadable checkpoint"),
+        (b"not a pickle", "unreadable checkpoint"),
+        (pickle.dumps({"calls": {}}), "not a model checkpoint: dict"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused(blob: bytes, message: str) -> None:
+    """Bytes that are not a model's state raise ValueError (the daemon starts without)."""
+    with pytest.raises(ValueError, match=message):
+        checkpoint.loads(blob)
 
 
 def test_every_message_is_versioned_and_typed() -> None:

@@ -356,6 +356,7 @@ async def test_migration_6_splits_the_waits_of_the_counters_stored_before_it(
                 db.execute(statement)
         db.execute("ALTER TABLE queue_intervals DROP COLUMN answered_wait_total_s")
         db.execute("ALTER TABLE queue_intervals DROP COLUMN abandoned_wait_total_s")
+        db.execute("DROP TABLE model_checkpoint")  # migration 7's
         seqs = dict(db.execute("SELECT queue, seq FROM queue_intervals").fetchall())
         before = db.execute("SELECT value FROM seq_counter").fetchone()[0]
     async with opened(path) as store:

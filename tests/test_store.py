@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -170,6 +171,30 @@ async def test_recent_interactions_newest_first(tmp_path: Path) -> None:
         assert [a.interaction_id for a in recent] == ["call-4", "call-3", "call-2"]
 
 
+async def test_recent_interactions_lists_an_interaction_once(tmp_path: Path) -> None:
+    """An agent with two parts in one interaction (rung, then handed it back by a
+    transfer) sees it once, with the latest part; the limit counts interactions, also
+    when the duplicates fill more than one page of rows."""
+    async with opened(tmp_path / "s.db") as store:
+        for n in range(1, 4):
+            await store.save_activity(activity(n))
+        second_part = activity(2, id="call-2/alice/7", offered_at=1010.0, outcome="transferred")
+        await store.save_activity(second_part)
+        recent = await store.recent_interactions("alice", 3)
+        assert [(a.interaction_id, a.id) for a in recent] == [
+            ("call-2", "call-2/alice/7"),
+            ("call-3", "call-3/alice/1"),
+            ("call-1", "call-1/alice/1"),
+        ]
+        for k in range(120):  # one busy interaction with many parts, newest of all
+            await store.save_activity(activity(5, id=f"call-5/alice/{k}", offered_at=2000.0 + k))
+        recent = await store.recent_interactions("alice", 2)
+        assert [(a.interaction_id, a.id) for a in recent] == [
+            ("call-5", "call-5/alice/119"),
+            ("call-2", "call-2/alice/7"),
+        ]
+
+
 async def test_activity_and_outbox_commit_together(tmp_path: Path) -> None:
     """save_activity writes the row and its outbox messages; both are there once it returns."""
     async with opened(tmp_path / "s.db") as store:
@@ -207,12 +232,44 @@ async def test_bad_write_in_a_batch_fails_only_its_caller(tmp_path: Path) -> Non
             store.save_activity(activity(3), [msg()]),
             return_exceptions=True,
         )
-        assert results[0] is None
+        assert results[0] is True
         assert isinstance(results[1], StoreError)
-        assert results[2] is None
+        assert results[2] is True
         assert [a.interaction_id for a in await store.list_activities()] == ["call-1", "call-3"]
         assert len(await store.outbox_pending()) == 2
         assert store.commits == 1
+
+
+async def test_a_row_closed_after_a_resync_never_replaces_a_stored_one(tmp_path: Path) -> None:
+    """only_new (a record ctid closed itself, ended_while_disconnected): written with its
+    messages when the row is new, skipped whole when one is stored; the stored row, its
+    seq and the outbox stay as they were."""
+    async with opened(tmp_path / "s.db") as store:
+        assert await store.save_call(call(1), [msg("ctid/v1/crm/calls")])
+        assert await store.save_activity(activity(1), [msg()])
+        before = (await store.export(0, "calls"), await store.export(0, "activities"))
+        guessed_call = call(1, talk_s=999.0, ended_while_disconnected=True)
+        guessed_activity = activity(1, talk_s=999.0, ended_while_disconnected=True)
+        assert not await store.save_call(guessed_call, [msg("ctid/v1/crm/calls")], only_new=True)
+        assert not await store.save_activity(guessed_activity, [msg()], only_new=True)
+        assert (await store.export(0, "calls"), await store.export(0, "activities")) == before
+        assert len(await store.outbox_pending()) == 2
+        assert await store.save_call(call(2, ended_while_disconnected=True), only_new=True)
+        assert await store.save_activity(
+            activity(2, ended_while_disconnected=True), [msg()], only_new=True
+        )
+        assert (await store.get_call("call-2")) == call(2, ended_while_disconnected=True)
+        assert len(await store.outbox_pending()) == 3
+
+
+async def test_the_model_checkpoint_is_replaced_and_read_back(tmp_path: Path) -> None:
+    """One checkpoint at a time: the last saved is the one read (bytes kept exactly)."""
+    async with opened(tmp_path / "s.db") as store:
+        assert await store.load_checkpoint() is None
+        await store.save_checkpoint("v/1", 10.0, b"\x00first")
+        await store.save_checkpoint("v/2", 11.5, bytes(range(256)))
+    async with opened(tmp_path / "s.db") as store:
+        assert await store.load_checkpoint() == ("v/2", 11.5, bytes(range(256)))
 
 
 async def test_concurrent_saves_are_batched(tmp_path: Path) -> None:
@@ -394,7 +451,7 @@ def test_random_interleavings_keep_seq_unique_and_rows_whole(
         async with opened(path, batch_max=batch_max, batch_wait_s=0.001) as store:
             size = -(-len(ops) // waves)
             for start in range(0, len(ops), size):
-                saves = []
+                saves: list[Coroutine[Any, Any, object]] = []
                 for i, (kind, key) in enumerate(ops[start : start + size], start):
                     if kind == "call":
                         # No queue: its counters' seqs are tested on their own.

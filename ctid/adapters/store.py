@@ -388,6 +388,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *_queue_interval_triggers(QUEUE_INTERVAL_COLS),
         _COUNT_STORED_WAITS,
     ),
+    (
+        # The model's checkpoint (ctid.checkpoint): the calls and agents a restarted
+        # daemon takes up, so its resync can close the calls that ended meanwhile.
+        """CREATE TABLE model_checkpoint (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            fingerprint TEXT NOT NULL,  -- ctid version and model shape that wrote it
+            taken_at REAL NOT NULL,
+            state BLOB NOT NULL) STRICT""",
+    ),
 )
 
 _JSON_COLS = frozenset({"agents", "extra"})
@@ -407,6 +416,11 @@ def _upsert(table: str, cols: tuple[str, ...], key: str) -> str:
 
 
 _UPSERT_CALL = _upsert("calls", _CALL_COLS, "interaction_id")
+_SAVE_CHECKPOINT = (
+    "INSERT INTO model_checkpoint (id, fingerprint, taken_at, state) VALUES (1, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "taken_at = excluded.taken_at, state = excluded.state"
+)
 _UPSERT_CALLBACK = _upsert("callbacks", _CALLBACK_COLS, "id")
 _UPSERT_ACTIVITY = _upsert("activities", _ACTIVITY_COLS, "id")
 # Parameters: the interval's columns in _STATE_COLS order (agent ?1, started_at ?4,
@@ -770,19 +784,51 @@ class Store:
         now = self._clock()
         return [(m.topic, m.payload, m.qos, int(m.retain), now) for m in outbox]
 
-    async def save_call(self, call: CallRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        """Insert or replace the call and queue its messages, in one transaction."""
+    async def save_call(
+        self, call: CallRecord, outbox: Sequence[OutboxMessage] = (), *, only_new: bool = False
+    ) -> bool:
+        """Insert or replace the call and queue its messages, in one transaction.
+
+        ``only_new``: not if a row of the interaction is stored already (then nothing
+        is written and False returned). For a call ctid closes itself after a
+        resync: a restarted daemon may take up a call from its checkpoint that the
+        previous run closed and stored after the checkpoint was taken; what Asterisk
+        told that run is better than what the resync can guess, and the CRM has it.
+        (The caller is the daemon's only writer of calls: nothing comes in between.)
+        """
+        if only_new and await self._fetch(
+            "SELECT 1 FROM calls WHERE interaction_id = ?", (call.interaction_id,)
+        ):
+            return False
         await self._submit(
             [(_UPSERT_CALL, [_encode(call)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
         )
+        return True
 
     async def save_activity(
-        self, activity: ActivityRecord, outbox: Sequence[OutboxMessage] = ()
-    ) -> None:
-        """Insert or replace the activity and queue its messages, in one transaction."""
+        self,
+        activity: ActivityRecord,
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        only_new: bool = False,
+    ) -> bool:
+        """Insert or replace the activity and queue its messages, in one transaction
+        (``only_new``: as ``save_call``'s, by the activity's id)."""
+        if only_new and await self._fetch("SELECT 1 FROM activities WHERE id = ?", (activity.id,)):
+            return False
         await self._submit(
             [(_UPSERT_ACTIVITY, [_encode(activity)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
         )
+        return True
+
+    async def save_checkpoint(self, fingerprint: str, taken_at: float, state: bytes) -> None:
+        """Replace the model's checkpoint (``ctid.checkpoint``)."""
+        await self._submit([(_SAVE_CHECKPOINT, [(fingerprint, taken_at, state)])])
+
+    async def load_checkpoint(self) -> tuple[str, float, bytes] | None:
+        """The model's last checkpoint: (fingerprint, taken_at, state), or None."""
+        rows = await self._fetch("SELECT fingerprint, taken_at, state FROM model_checkpoint")
+        return (str(rows[0][0]), float(rows[0][1]), bytes(rows[0][2])) if rows else None
 
     async def save_callback(self, callback: CallbackRecord) -> None:
         """Insert or update a callback request (by its id: a repeat is not a new request)."""
@@ -1012,12 +1058,27 @@ class Store:
         return [_to_record(ActivityRecord, r) for r in rows]
 
     async def recent_interactions(self, agent: str, limit: int = 20) -> list[ActivityRecord]:
-        """The agent's latest activities, newest offer first."""
-        rows = await self._fetch(
-            "SELECT * FROM activities WHERE agent = ? ORDER BY offered_at DESC, pos DESC LIMIT ?",
-            (agent, limit),
-        )
-        return [_to_record(ActivityRecord, r) for r in rows]
+        """The agent's last ``limit`` interactions, newest offer first: of each, the
+        agent's latest activity (an agent rung, then handed the call back by a
+        transfer, has two in one interaction; it is one interaction to the agent)."""
+        out: dict[str, ActivityRecord] = {}
+        page = max(2 * limit, 50)
+        offset = 0
+        while len(out) < limit:
+            rows = await self._fetch(
+                "SELECT * FROM activities WHERE agent = ? "
+                "ORDER BY offered_at DESC, pos DESC LIMIT ? OFFSET ?",
+                (agent, page, offset),
+            )
+            for row in rows:
+                record = _to_record(ActivityRecord, row)
+                out.setdefault(record.interaction_id, record)
+                if len(out) == limit:
+                    break
+            if len(rows) < page:
+                break
+            offset += page
+        return list(out.values())
 
     async def export(
         self, since_seq: int, kind: ExportKind, limit: int | None = None

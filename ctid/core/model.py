@@ -269,6 +269,9 @@ class Call:
     hold_s: float = 0.0
     match: Mapping[str, Any] | None = None  # the directory's answer for the customer
     lookup: str = ""  # "" (not asked) | "pending" | "done" | "timeout"
+    # Why ctid, not Asterisk, hung up its last channel ("disconnected", "expired"): the
+    # call itself may end later (a part settles on a tick), and its record says so too.
+    closed_unseen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +298,24 @@ class Agent:
     wrapup_activity: ActivityRecord | None = None  # updated with wrapup_s when wrap-up ends
     # A wrap-up that ended while its part was still settling: (wrapup_s, code, notes).
     wrapup_result: tuple[float, str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """The model's calls and agents at one moment, for a restarted daemon (``Model.restore``).
+
+    Asterisk tells a new AMI session what is up now, never what ended before it
+    connected: a call that ends while ctid is down is lost unless ctid remembers
+    it was open, so that the resync can close it (``ended_while_disconnected``).
+    """
+
+    channels: dict[str, Channel]
+    calls: dict[str, Call]
+    parts: dict[tuple[str, str], Part]
+    settling: dict[tuple[str, str], Part]
+    agents: dict[str, Agent]
+    waiting: dict[str, dict[str, float]]
+    boot_time: float | None
 
 
 class Model:
@@ -351,11 +372,50 @@ class Model:
         return out
 
     def initial_states(self, now: float) -> list[Effect]:
-        """Retained states for every configured agent (published once at start-up)."""
+        """Retained state and snapshot of every configured agent (once, at start-up).
+
+        The snapshot too: a retained one from before a restart may list
+        interactions that are gone, and a page that loads must not show them.
+        """
         out: list[Effect] = []
         for agent_id in self.agents:
             self._publish_state(agent_id, now, out, force=True)
+            self._publish_snapshot(agent_id, now, out)
         return out
+
+    def state(self) -> ModelState:
+        """The calls and agents now (copies of the maps; their values are immutable)."""
+        return ModelState(
+            channels=dict(self.channels),
+            calls=dict(self.calls),
+            parts=dict(self.parts),
+            settling=dict(self.settling),
+            agents=dict(self.agents),
+            waiting={queue: dict(callers) for queue, callers in self.waiting.items()},
+            boot_time=self.boot_time,
+        )
+
+    def restore(self, state: ModelState) -> None:
+        """Take up the calls and agents a previous run left (at start-up, before any event).
+
+        The next resync closes what ended meanwhile. Agents come from the config:
+        one no longer configured is dropped with its parts; devices and limits are
+        the config's.
+        """
+        known = set(self.agents)
+        for agent_id, saved in state.agents.items():
+            if agent_id in known:
+                current = self.agents[agent_id]
+                self.agents[agent_id] = replace(saved, devices=current.devices, limit=current.limit)
+        self.channels = {
+            uid: chan if chan.agent is None or chan.agent in known else replace(chan, agent=None)
+            for uid, chan in state.channels.items()
+        }
+        self.calls = dict(state.calls)
+        self.parts = {key: part for key, part in state.parts.items() if part.agent in known}
+        self.settling = {key: part for key, part in state.settling.items() if part.agent in known}
+        self.waiting = {queue: dict(callers) for queue, callers in state.waiting.items()}
+        self.boot_time = state.boot_time
 
     def resync(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
         """Rebuild the model from the answers to the resync actions, after a reconnect.
@@ -392,9 +452,14 @@ class Model:
                 wait = _float(item.get("Wait"))
                 self.waiting.setdefault(item.get("Queue"), {})[linkedid] = now - wait
                 call = self.calls.get(linkedid)
-                if call is not None and not call.queue:
+                if call is not None and (not call.queue or call.queued_at is None):
+                    # Also when the channel's resync already named the queue: the wait
+                    # (of an abandon, say) counts from here, not from HoldTime's whole seconds.
                     self.calls[call.id] = replace(
-                        call, queue=item.get("Queue"), queued_at=now - wait, offered=True
+                        call,
+                        queue=call.queue or item.get("Queue"),
+                        queued_at=now - wait,
+                        offered=True,
                     )
             for queue in sorted(before | set(self.waiting)):
                 self._publish_queue(queue, now, out)
@@ -958,6 +1023,10 @@ class Model:
         if call is None:
             return
         wait = _float(msg.get("HoldTime"))
+        if call.queued_at is not None:
+            # As for an answered call (_on_agent_connect): HoldTime is whole seconds,
+            # cut down (a caller who gave up after 3.9 s has HoldTime 3).
+            wait = max(0.0, now - call.queued_at)
         self.calls[call.id] = replace(
             call, abandoned=True, wait_s=call.wait_s if call.wait_s is not None else wait
         )
@@ -1573,6 +1642,11 @@ class Model:
                 if chan is not None:
                     hangup = {"Event": "Hangup", "Uniqueid": uid, "Linkedid": chan.linkedid}
                     self._on_hangup(AmiMessage.build(hangup), now, out)
+                    call = self.calls.get(chan.linkedid)
+                    if call is not None and not call.channels and not call.closed_unseen:
+                        # Its last channel gone unseen: the call ends later (when its
+                        # parts have settled) with no event of Asterisk's to say so.
+                        self.calls[call.id] = replace(call, closed_unseen=reason)
         finally:
             self._close_reason = ""
 
@@ -1680,7 +1754,7 @@ class Model:
             outcome=outcome,
             agents=call.agents,
             transfers=call.transfers,
-            ended_while_disconnected=self._close_reason == "disconnected",
+            ended_while_disconnected=(call.closed_unseen or self._close_reason) == "disconnected",
         )
         payload = contract.call_record_payload(record, ts=now)
         out.append(EmitCall(record, (Publish(contract.CRM_CALLS_TOPIC, payload, qos=1),)))
