@@ -373,9 +373,11 @@ def _sync_reconcile(config_path: Path, since: int) -> int:
         out.write(orjson.dumps(problem) + b"\n")
     out.flush()
     checked = len({c["interaction_id"] for c in calls} | {a["interaction_id"] for a in activities})
+    errors = sum(p["severity"] == "error" for p in problems)
     print(
         f"ctid: sync reconcile: {checked} interactions after seq {since} checked "
-        f"({len(calls)} calls, {len(activities)} activities): {len(problems)} problems",
+        f"({len(calls)} calls, {len(activities)} activities): {errors} problems, "
+        f"{len(problems) - errors} notes",
         file=sys.stderr,
     )
     return 0

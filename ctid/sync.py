@@ -13,7 +13,8 @@ lower ``seq`` can appear after one with a higher ``seq`` has been seen: a cursor
 never skips a row.
 
 Reconciliation checks what a CRM administrator needs to trust the numbers
-(``reconcile``; each problem is one JSON line):
+(``reconcile``; each finding is one JSON line with ``severity`` ``error``, or
+``info`` for what is worth a look but can be right):
 
 - ``call_without_activity``: a call with agents involved but no activity at all.
 - ``agent_without_activity``: an agent the call lists has no activity in it
@@ -25,6 +26,10 @@ Reconciliation checks what a CRM administrator needs to trust the numbers
   one call (rung twice, or taken back after a transfer), each with its own id
   and its own offer time, so "more activities than agents" is not an error by
   itself; the same part twice is.
+- ``more_activities_than_agents``: the issue's count rule, kept so a CRM that
+  compares counts sees why they differ: ``info`` when every activity is a part
+  of its own (different offer or answer time), ``error`` when some part repeats
+  (then ``duplicate_activity`` names them).
 - ``activity_without_call``: activities whose call row is missing although the
   last of them ended more than ``calls.max_call_age_s`` ago (by then the daemon
   has closed the call, even one whose hangup it never saw). Younger ones may
@@ -115,7 +120,13 @@ def reconcile(
         parts[a["interaction_id"]].append(a)
     found: list[tuple[int, dict[str, Any]]] = []
 
-    def report(problem: str, interaction: str, rows: Sequence[dict[str, Any]], detail: str) -> None:
+    def report(
+        problem: str,
+        interaction: str,
+        rows: Sequence[dict[str, Any]],
+        detail: str,
+        severity: str = "error",
+    ) -> None:
         call = call_of.get(interaction)
         newest = max(r["seq"] for r in [*parts.get(interaction, []), *([call] if call else [])])
         found.append(
@@ -123,6 +134,7 @@ def reconcile(
                 newest,
                 {
                     "problem": problem,
+                    "severity": severity,
                     "interaction_id": interaction,
                     "call_seq": call["seq"] if call else None,
                     "agents": list(call["agents"]) if call else [],
@@ -176,6 +188,20 @@ def reconcile(
         same_part: dict[tuple[str, float, float | None], list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
             same_part[r["agent"], r["offered_at"], r["answered_at"]].append(r)
+        if agents and len(rows) > len(agents):
+            repeated = any(len(dups) > 1 for dups in same_part.values())
+            report(
+                "more_activities_than_agents",
+                interaction,
+                rows,
+                f"{len(rows)} activities, {len(agents)} agent(s) involved: "
+                + (
+                    "some part recorded more than once"
+                    if repeated
+                    else f"{len(same_part)} distinct parts (an agent rung again or taken back)"
+                ),
+                "error" if repeated else "info",
+            )
         for (agent, _, _), dups in same_part.items():
             if len(dups) > 1:
                 report(

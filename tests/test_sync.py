@@ -278,16 +278,19 @@ def test_reconcile_rules() -> None:
     old activity without its call are reported; a young one without its call is not."""
     call = {"interaction_id": "c1", "agents": ["1001", "1002"], "seq": 10}
     rung_twice = [_activity(1, "1001", 100.0), _activity(2, "1001", 130.0), _activity(3, "1002", 1)]
-    assert reconcile([call], rung_twice, now=200, max_call_age_s=60) == []
+    (note,) = reconcile([call], rung_twice, now=200, max_call_age_s=60)
+    assert (note["problem"], note["severity"]) == ("more_activities_than_agents", "info")
+    assert note["detail"].startswith("3 activities, 2 agent(s) involved: 3 distinct parts")
 
     doubled = [*rung_twice, _activity(4, "1001", 130.0), _activity(5, "1003", 140.0)]
     problems = reconcile([call], doubled, now=200, max_call_age_s=60)
-    assert [p["problem"] for p in problems] == [
-        "activity_of_uninvolved_agent",
-        "duplicate_activity",
+    assert [(p["problem"], p["severity"]) for p in problems] == [
+        ("activity_of_uninvolved_agent", "error"),
+        ("more_activities_than_agents", "error"),
+        ("duplicate_activity", "error"),
     ]
     assert problems[0]["activities"][0]["agent"] == "1003"
-    assert [a["id"] for a in problems[1]["activities"]] == ["c1/1001/2", "c1/1001/4"]
+    assert [a["id"] for a in problems[2]["activities"]] == ["c1/1001/2", "c1/1001/4"]
 
     orphan = [_activity(1, "1001", 100.0)]
     assert reconcile([], orphan, now=150, max_call_age_s=60) == []
