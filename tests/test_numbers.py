@@ -28,6 +28,10 @@ CASES = [
     ("   ", "", "no_ani"),
     ("sip:anonymous@anonymous.invalid", "", "no_ani"),
     ("restricted", "", "no_ani"),
+    # CIC's own output for "no number" (and what some trunks send): only zeros.
+    ("0", "", "no_ani"),
+    ("00", "", "no_ani"),
+    ("+000", "", "no_ani"),
     # One number, however written (DESIGN: region DE).
     ("030 123456", "+4930123456", "e164"),
     ("004930123456", "+4930123456", "e164"),

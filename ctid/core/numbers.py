@@ -5,7 +5,8 @@ the SIP From user part verbatim (``030 1234567``, ``+49 30 999888``, even
 ``sip:4930999888@carrier.example``), IAX2 strips separators, a withheld number is
 ``anonymous`` or ``<unknown>``. This module turns any of them into one of:
 
-* ``no_ani``    - nothing usable (empty, anonymous, private, a name instead of digits);
+* ``no_ani``    - nothing usable (empty, anonymous, private, a name instead of digits,
+  only zeros: CIC's own "0" for a missing number);
 * ``extension`` - a short all-digit internal number (an agent's handset);
 * ``e164``      - a public number, normalised with phonenumbers and the default region.
 
@@ -70,7 +71,8 @@ class NumberNormalizer:
         if text.lower() in NO_ANI_WORDS or text[:1].isalpha():
             return Number(raw, "", "no_ani")
         compact = _SEPARATORS.sub("", text)
-        if not _DIALLABLE.fullmatch(compact):
+        if not _DIALLABLE.fullmatch(compact) or not compact.strip("+0"):
+            # Only zeros: what CIC (and trunks that mimic it) writes for "no number".
             return Number(raw, "", "no_ani")
         if not compact.startswith("+") and len(compact) <= self.max_extension_length:
             return Number(raw, compact, "extension")
