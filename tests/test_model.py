@@ -11,7 +11,7 @@ import pytest
 from ctid import checkpoint
 from ctid.core.agents import Presence
 from ctid.core.ami import AmiMessage
-from ctid.core.effects import Effect, EmitActivity, EmitCall, Publish, SendAction
+from ctid.core.effects import Effect, EmitActivity, EmitCall, Lookup, Publish, SendAction
 from ctid.core.model import AgentSpec, Model, ModelSettings
 from ctid.core.numbers import NumberNormalizer
 from ctid.replay import capture_messages, is_unsolicited
@@ -256,6 +256,17 @@ def test_a_damaged_checkpoint_is_refused(blob: bytes, message: str) -> None:
     """Bytes that are not a model's state raise ValueError (the daemon starts without)."""
     with pytest.raises(ValueError, match=message):
         checkpoint.loads(blob)
+
+
+def test_a_caller_with_an_extension_is_looked_up_too() -> None:
+    """A colleague's phone that is no agent's calling the queue: its extension is looked up
+    (the directory may hold it); an unknown network number would be, too."""
+    msgs = [
+        AmiMessage(tuple((k, "2001" if v == "+4930123456" else v) for k, v in m.headers))
+        for m in events("inbound_answered")
+    ]
+    lookups = [e for _, e in feed(model(), msgs) if isinstance(e, Lookup)]
+    assert [(e.by, e.value) for e in lookups] == [("number", "2001")]
 
 
 def test_every_message_is_versioned_and_typed() -> None:

@@ -1470,7 +1470,9 @@ class Model:
             # The IVR already identified the caller: no number lookup (issue 4).
             return "id", account
         number = self._customer_number(call, part)
-        if number.kind == "e164" and call.direction != "internal":
+        # An extension too: a colleague's phone that is no agent's calls a queue, and
+        # the directory may hold it (``ctid lookup`` finds it the same way).
+        if number.kind in ("e164", "extension") and call.direction != "internal":
             return "number", number.e164
         return None
 
