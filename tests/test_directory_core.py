@@ -372,6 +372,8 @@ def test_search_limit_is_bounded(limit: int) -> None:
         ("number", "=", "030 123456", ("+4930123456", 20, 20)),
         ("number", "like", "030 12%", ("+493012", "+493012\U0010ffff", "+493012*", 20, 20)),
         ("number", "like", "0049 30%", ("+4930", "+4930\U0010ffff", "+4930*", 20, 20)),
+        ("number", "like", "4930 123%", ("+4930123", "+4930123\U0010ffff", "+4930123*", 20, 20)),
+        ("number", "like", "12%", ("12", "12\U0010ffff", "12*", 20, 20)),  # an extension
         ("email", "LIKE", "%@Example.com", ("*@example.com", 20, 20)),
         ("id", "=", "crm-17", ("crm-17", 20)),
     ],

@@ -463,7 +463,9 @@ def _pattern(value: str) -> tuple[str, str]:
 
 
 def _number_value(value: str, normalizer: NumberNormalizer) -> str:
-    """A number pattern in E.164 terms: ``030%`` → ``+4930%``, ``0049…`` → ``+49…``."""
+    """A number pattern in E.164 terms: ``030%`` → ``+4930%``, ``0049…`` → ``+49…``,
+    ``4930123%`` → ``+4930123%``. After a leading ``%`` (contains, ends with) the digits
+    are matched as stored, in E.164: ``%171%``, not ``%0171%``."""
     compact = re.sub(r"[\s\-().\[\]/]", "", strip_uri(value))
     if not _NUMBER_PATTERN.fullmatch(compact):
         raise SearchQueryError(
@@ -473,6 +475,11 @@ def _number_value(value: str, normalizer: NumberNormalizer) -> str:
         return "+" + compact[2:]
     if compact.startswith("0"):
         return f"+{phonenumbers.country_code_for_region(normalizer.default_region)}{compact[1:]}"
+    digits = compact.replace("%", "")
+    if compact[:1].isdigit() and len(digits) > normalizer.max_extension_length:
+        # International digits without their + (``4930…``): stored numbers have it.
+        # Shorter ones may be an extension's start, stored as its digits.
+        return "+" + compact
     return compact
 
 
