@@ -283,15 +283,21 @@ async def test_a_new_service_level_recounts_answered_within_it(tmp_path: Path) -
         assert await store.service_level_s() == 30.0
 
 
+def at_schema(path: Path, version: int) -> Path:
+    """A new database file at schema ``version`` (the first migrations only)."""
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:version]:
+            for statement in script:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+    return path
+
+
 async def test_migration_5_counts_the_calls_stored_before_it(tmp_path: Path) -> None:
     """A database of schema 4 with calls and presence intervals: after the upgrade its
     calls are counted once (with seqs), its intervals have phone '' (not recorded)."""
-    path = tmp_path / "s.db"
+    path = at_schema(tmp_path / "s.db", 4)
     with sqlite3.connect(path) as db:
-        for script in MIGRATIONS[:4]:
-            for statement in script:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 4")
         for r in (call(1), call(2, wait_s=30.0, transfers=1), abandoned(3), call(4, queue="")):
             db.execute(
                 "INSERT INTO calls (interaction_id, media, direction, customer_number, "
@@ -329,12 +335,7 @@ async def test_migration_6_splits_the_waits_of_the_counters_stored_before_it(
 ) -> None:
     """A database of schema 5 with counted calls: after the upgrade the waits of answered
     and abandoned calls are there; rows whose new counters stay 0 keep their seq."""
-    path = tmp_path / "s.db"
-    with sqlite3.connect(path) as db:
-        for script in MIGRATIONS[:5]:
-            for statement in script:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 5")
+    path = at_schema(tmp_path / "s.db", 5)
     async with opened(path) as store:  # the rows are written as schema 6 writes them ...
         for r in (call(1), call(2, wait_s=30.0), abandoned(3, wait_s=12.0), call(4, queue="")):
             await store.save_call(r)
