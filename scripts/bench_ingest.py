@@ -1,8 +1,10 @@
 """Benchmark: AMI ingest through ctid's pure core (parser, then model).
 
 Prints events/s for parsing and for applying, per-event apply latency
-percentiles, and peak memory, for a real capture (default: the 50-call
-``burst`` recorded from Asterisk 22). No assertions: a benchmark reports.
+percentiles, peak memory, and what a checkpoint of the model costs (bytes and
+time to take, every 50 events along the capture), for a real capture (default:
+the 50-call ``burst`` recorded from Asterisk 22). No assertions: a benchmark
+reports.
 
     .venv/bin/python scripts/bench_ingest.py [CAPTURE] [--repeat N]
 """
@@ -15,6 +17,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from ctid import checkpoint
 from ctid.core.ami import AmiParser
 from ctid.core.model import AgentSpec, Model, ModelSettings
 from ctid.core.numbers import NumberNormalizer
@@ -49,6 +52,16 @@ def main() -> None:
             latencies.append(time.perf_counter() - s)
         apply_rates.append(len(events) / (time.perf_counter() - t0))
 
+    # The checkpoint the daemon takes (at most every 0.2 s after a change), along the way.
+    model = Model(ModelSettings(agents=agents), NumberNormalizer())
+    taken: list[tuple[int, int, float]] = []  # (open calls, bytes, seconds)
+    for n, msg in enumerate(events):
+        model.apply(msg, msg.timestamp or 0.0)
+        if n % 50 == 0:
+            s = time.perf_counter()
+            blob = checkpoint.dumps(model.state())
+            taken.append((len(model.calls), len(blob), time.perf_counter() - s))
+
     tracemalloc.start()
     model = Model(ModelSettings(agents=agents), NumberNormalizer())
     for msg in AmiParser().feed(data):
@@ -66,6 +79,13 @@ def main() -> None:
     p50, p99, worst = q[499] * 1e6, q[989] * 1e6, latencies[-1] * 1e6
     print(f"apply latency per event: p50 {p50:.1f} µs, p99 {p99:.1f} µs, max {worst:.0f} µs")
     print(f"peak traced memory (parse + apply once): {peak / 1e6:.1f} MB")
+    busiest = max(taken)
+    times = sorted(t for _, _, t in taken)
+    print(
+        f"checkpoint: {len(taken)} taken; at the most open calls ({busiest[0]}) "
+        f"{busiest[1] / 1e3:.1f} kB in {busiest[2] * 1e3:.2f} ms; "
+        f"time p50 {statistics.median(times) * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms"
+    )
 
 
 if __name__ == "__main__":
