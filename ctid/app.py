@@ -95,6 +95,11 @@ class LookupAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class Republish:
+    """The broker is (re)connected: every agent's retained state and snapshot again."""
+
+
+@dataclass(frozen=True, slots=True)
 class DirectoryChanged:
     """An import changed the directory: the model forgets the matches it cached."""
 
@@ -203,7 +208,8 @@ class Daemon:
                 self.model.restore_presence(agent_id, presence, reason, since)
             for agent_id, seq in (await store.agent_seqs()).items():
                 self.model.restore_seq(agent_id, seq)
-            self._emit(self.model.initial_states(time.time()))
+            # Every agent's state and snapshot go out once the broker is connected
+            # (_on_bus_connected): published before, they would be dropped.
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
@@ -294,6 +300,8 @@ class Daemon:
                             now,
                             cacheable=item.cacheable,
                         )
+                elif isinstance(item, Republish):
+                    effects = self.model.initial_states(arrived + self._clock_offset)
                 elif isinstance(item, DirectoryChanged):
                     self.model.forget_matches()
                     effects = []
@@ -444,6 +452,10 @@ class Daemon:
 
     async def _on_bus_connected(self) -> None:
         self._publish_status()
+        # The retained state and snapshot of every agent, now: the first connection's
+        # replace what a previous run left retained, and a broker restarted without
+        # persistence has none. Through the model's task (it owns the seqs).
+        self.ami.events.put_nowait((Republish(), time.time()))
         self._outbox_kick.set()
         if self._store is not None:
             with contextlib.suppress(BusError, StoreError):

@@ -10,6 +10,7 @@ her retained snapshot and state no longer show it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +28,28 @@ from tests.command_rig import (
     cut_after,
     fast_client,
     logged_in,
-    until,
 )
+from tests.command_rig import until as wait_for
 from tests.daemon_process import db_rows
 from tests.test_slice_inbound import daemon_config, running_daemon
 
+SNAPSHOT = "ctid/v1/agents/alice/snapshot"
 
-async def retained(broker: Any, topic: str) -> dict[str, Any]:
-    """The retained message of ``topic``, as alice reads it."""
+
+async def retained(
+    broker: Any, topic: str, until: Callable[[dict[str, Any]], bool] = lambda _: True
+) -> dict[str, Any]:
+    """The message on ``topic`` as alice reads it: the retained one, or the first after it
+    for which ``until`` holds."""
     async with fast_client(broker, "alice") as client:
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(5):
-            message = await anext(aiter(client.messages))
-    assert isinstance(message.payload, bytes)
-    return dict(orjson.loads(message.payload))
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                payload = dict(orjson.loads(message.payload))
+                if until(payload):
+                    return payload
+    raise AssertionError(f"nothing on {topic}")
 
 
 async def test_a_call_that_ends_while_ctid_is_stopped_gets_its_rows(tmp_path: Path) -> None:
@@ -58,8 +67,8 @@ async def test_a_call_that_ends_while_ctid_is_stopped_gets_its_rows(tmp_path: Pa
             # In wall-clock time, as a live PBX stamps its events (a call stamped two weeks
             # ago would be closed as expired, not as ended while ctid was down).
             await sim.replay(capture, None, stop=cut, retime=True)
-            await until(lambda: bool(daemon.model.agents["alice"].parts), what="alice talking")
-        talking = await retained(broker, "ctid/v1/agents/alice/snapshot")
+            await wait_for(lambda: bool(daemon.model.agents["alice"].parts), what="alice talking")
+        talking = await retained(broker, SNAPSHOT)
         assert [i["interaction_id"] for i in talking["interactions"]] == [CALL]
         assert db_rows(config.store.path, "SELECT * FROM calls") == []
 
@@ -67,14 +76,16 @@ async def test_a_call_that_ends_while_ctid_is_stopped_gets_its_rows(tmp_path: Pa
         await asyncio.sleep(1.0)  # ctid stays down a while
 
         async with running_daemon(daemon_config(broker, sim), sim) as daemon:
-            await until(lambda: not daemon.model.calls, what="the call closed by the resync")
-            await until(
+            await wait_for(lambda: not daemon.model.calls, what="the call closed by the resync")
+            await wait_for(
                 lambda: bool(db_rows(config.store.path, "SELECT * FROM activities")),
                 what="the activity stored",
             )
-            snapshot = await retained(broker, "ctid/v1/agents/alice/snapshot")
-            state = await retained(broker, "ctid/v1/agents/alice/state")
-    assert snapshot["interactions"] == []
+            # The activity is stored before the snapshot that follows it is published.
+            snapshot = await retained(broker, SNAPSHOT, until=lambda m: not m["interactions"])
+            state = await retained(
+                broker, "ctid/v1/agents/alice/state", until=lambda m: m["interactions"] == 0
+            )
     assert snapshot["seq"] > talking["seq"]  # the stream went on after the restart
     assert (state["phone"], state["interactions"]) == ("idle", 0)
     calls = db_rows(config.store.path, "SELECT * FROM calls")

@@ -372,7 +372,8 @@ class Model:
         return out
 
     def initial_states(self, now: float) -> list[Effect]:
-        """Retained state and snapshot of every configured agent (once, at start-up).
+        """Retained state and snapshot of every configured agent (the daemon: whenever
+        it connects to the broker; a replay: at the start).
 
         The snapshot too: a retained one from before a restart may list
         interactions that are gone, and a page that loads must not show them.
@@ -1426,6 +1427,10 @@ class Model:
         self.parts[(part.call_id, part.agent)] = part
         if self.settings.pop_on == "alerting":
             self._pop(part, "alerting", now, out)
+        else:
+            # The pop waits for the answer; the lookup need not: ask now, so the
+            # accepted pop can carry the match at once.
+            self._ensure_lookup(self.calls[part.call_id], part, now, out)
 
     def _answered(self, part: Part, now: float, out: list[Effect]) -> None:
         part = replace(part, answered_at=now, first_answered_at=now)
