@@ -706,15 +706,27 @@ class Daemon:
             log.warning("model.checkpoint_ignored", written_by=written_by, why="another version")
             return
         try:
-            self.model.restore(checkpoint.loads(blob))
+            state = checkpoint.loads(blob)
         except ValueError as exc:
             log.warning("model.checkpoint_ignored", error=str(exc))
             return
+        # Calls and parts that ended after the checkpoint was taken (and before the
+        # stop) have their rows: not taken up, so not closed a second time.
+        parts = [*state.parts.values(), *state.settling.values()]
+        try:
+            stored_calls, stored_activities = await store.stored_ids(
+                state.calls, [p.activity_id for p in parts]
+            )
+        except StoreError:
+            log.exception("model.checkpoint_unreadable")
+            return
+        self.model.restore(state, stored_calls=stored_calls, stored_activities=stored_activities)
         log.info(
             "model.restored",
             calls=len(self.model.calls),
             parts=len(self.model.parts),
             taken_at=round(taken_at, 3),
+            ended_since=len(stored_calls) + len(stored_activities),
         )
 
     async def _check_directory(self) -> None:

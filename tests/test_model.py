@@ -219,6 +219,35 @@ def test_a_restored_model_goes_on_where_the_checkpoint_left_it() -> None:
     assert [c.ended_while_disconnected for c in calls] == [True]
 
 
+def test_what_ended_after_the_checkpoint_is_not_closed_again() -> None:
+    """A call (or part) whose row was stored after the checkpoint was taken is dropped on
+    restore: the resync closes nothing of it a second time; the agent's phone is idle."""
+    msgs = events("inbound_answered")
+    cut = next(i for i, e in enumerate(msgs) if e.event == "BridgeEnter") + 2
+    original = model()
+    list(feed(original, msgs[:cut]))
+    state = original.state()
+    (call_id,) = state.calls
+    (part,) = state.parts.values()
+    complete = AmiMessage.build({"Event": "CoreShowChannelsComplete", "ListItems": "0"})
+    now = msgs[cut].timestamp or 0.0
+
+    ended = model()
+    ended.restore(state, stored_calls=frozenset({call_id}))
+    assert (ended.calls, ended.parts, ended.channels) == ({}, {}, {})
+    assert (ended.agents["1001"].parts, ended.agents["1001"].phone.value) == (frozenset(), "idle")
+    assert [
+        e for e in ended.resync([complete], now) if isinstance(e, EmitActivity | EmitCall)
+    ] == []
+
+    part_done = model()
+    part_done.restore(state, stored_activities=frozenset({part.activity_id}))
+    effects = part_done.resync([complete], now)
+    assert [type(e).__name__ for e in effects if isinstance(e, EmitActivity | EmitCall)] == [
+        "EmitCall"
+    ]
+
+
 def test_a_restored_model_keeps_only_configured_agents() -> None:
     """An agent no longer in the config is dropped with its parts; devices and limits are
     the config's, the rest (presence, open interactions) the checkpoint's."""

@@ -262,6 +262,18 @@ async def test_a_row_closed_after_a_resync_never_replaces_a_stored_one(tmp_path:
         assert len(await store.outbox_pending()) == 3
 
 
+async def test_stored_ids_names_only_what_is_stored(tmp_path: Path) -> None:
+    """Which of the given calls and activities have rows (a restart's question)."""
+    async with opened(tmp_path / "s.db") as store:
+        await store.save_call(call(1))
+        await store.save_activity(activity(2))
+        assert await store.stored_ids(["call-1", "call-2", "x"], ["call-2/alice/1", "y"]) == (
+            frozenset({"call-1"}),
+            frozenset({"call-2/alice/1"}),
+        )
+        assert await store.stored_ids([], []) == (frozenset(), frozenset())
+
+
 async def test_the_model_checkpoint_is_replaced_and_read_back(tmp_path: Path) -> None:
     """One checkpoint at a time: the last saved is the one read (bytes kept exactly)."""
     async with opened(tmp_path / "s.db") as store:

@@ -1041,6 +1041,21 @@ class Store:
         )
         return [PendingMessage(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
+    async def stored_ids(
+        self, interaction_ids: Iterable[str], activity_ids: Iterable[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """Which of these calls (by interaction id) and activities (by id) are stored."""
+        calls = await self._fetch(
+            "SELECT interaction_id FROM calls "
+            "WHERE interaction_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(interaction_ids)).decode(),),
+        )
+        activities = await self._fetch(
+            "SELECT id FROM activities WHERE id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(activity_ids)).decode(),),
+        )
+        return frozenset(str(r[0]) for r in calls), frozenset(str(r[0]) for r in activities)
+
     async def get_call(self, interaction_id: str) -> CallRecord | None:
         """The call with this interaction id, if stored."""
         rows = await self._fetch("SELECT * FROM calls WHERE interaction_id = ?", (interaction_id,))

@@ -243,6 +243,11 @@ class Part:
     customer_record: str = ""  # the directory record the agent chose (command ``select``)
     last_pop: Mapping[str, Any] | None = None
 
+    @property
+    def activity_id(self) -> str:
+        """The id of this part's activity (stable: see ``leg``)."""
+        return f"{self.call_id}/{self.agent}/{self.leg}"
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -396,13 +401,22 @@ class Model:
             boot_time=self.boot_time,
         )
 
-    def restore(self, state: ModelState) -> None:
+    def restore(
+        self,
+        state: ModelState,
+        *,
+        stored_calls: frozenset[str] = frozenset(),
+        stored_activities: frozenset[str] = frozenset(),
+    ) -> None:
         """Take up the calls and agents a previous run left (at start-up, before any event).
 
         The next resync closes what ended meanwhile. Agents come from the config:
         one no longer configured is dropped with its parts; devices and limits are
-        the config's.
+        the config's. ``stored_calls`` and ``stored_activities``: the calls and parts
+        of ``state`` whose rows are stored, because they ended after the checkpoint
+        was taken; they are dropped, not closed a second time.
         """
+        state = _without_stored(state, stored_calls, stored_activities)
         known = set(self.agents)
         for agent_id, saved in state.agents.items():
             if agent_id in known:
@@ -417,6 +431,8 @@ class Model:
         self.settling = {key: part for key, part in state.settling.items() if part.agent in known}
         self.waiting = {queue: dict(callers) for queue, callers in state.waiting.items()}
         self.boot_time = state.boot_time
+        for agent_id, agent in self.agents.items():
+            self.agents[agent_id] = replace(agent, phone=self._phone_of(agent_id))
 
     def resync(self, items: Iterable[AmiMessage], now: float) -> list[Effect]:
         """Rebuild the model from the answers to the resync actions, after a reconnect.
@@ -1686,7 +1702,7 @@ class Model:
         if part.conference:
             extra["conference"] = True
         record = ActivityRecord(
-            id=f"{call.id}/{part.agent}/{part.leg}",
+            id=part.activity_id,
             agent=part.agent,
             interaction_id=call.id,
             media="call",
@@ -1886,6 +1902,36 @@ class Model:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _without_stored(
+    state: ModelState, stored_calls: frozenset[str], stored_activities: frozenset[str]
+) -> ModelState:
+    """``state`` without the calls and parts whose rows are stored (ended since)."""
+    if not stored_calls and not stored_activities:
+        return state
+
+    def open_part(part: Part) -> bool:
+        return part.call_id not in stored_calls and part.activity_id not in stored_activities
+
+    parts = {key: p for key, p in state.parts.items() if open_part(p)}
+    settling = {key: p for key, p in state.settling.items() if open_part(p)}
+    agents = {
+        agent_id: replace(agent, parts=frozenset(c for c in agent.parts if (c, agent_id) in parts))
+        for agent_id, agent in state.agents.items()
+    }
+    return replace(
+        state,
+        channels={u: c for u, c in state.channels.items() if c.linkedid not in stored_calls},
+        calls={i: c for i, c in state.calls.items() if i not in stored_calls},
+        parts=parts,
+        settling=settling,
+        agents=agents,
+        waiting={
+            queue: {i: t for i, t in callers.items() if i not in stored_calls}
+            for queue, callers in state.waiting.items()
+        },
+    )
 
 
 def device_of(channel: str) -> str:
