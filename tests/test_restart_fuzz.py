@@ -1,0 +1,181 @@
+"""Restarts anywhere in real captures, at the model level (hypothesis).
+
+ctid runs a capture up to event ``k`` and dies; its last checkpoint was taken at
+event ``j <= k`` (the checkpoint lags the stored rows by up to 0.2 s); the PBX goes
+on to event ``back >= k`` unheard; a new model takes the checkpoint up (without
+what the store shows ended since), resyncs from the PBX's state then (the
+simulator's ``PbxState``, as the daemon's resync would read it) and goes on.
+
+The rows that end up stored are those of the first run up to ``k`` and of the
+second run, written as the daemon writes them (a record ctid closed itself never
+replaces a stored one). Against the reference (the whole capture, no restart):
+
+* no agent part has two activities (reconcile's ``duplicate_activity``);
+* no agent has more activities in an interaction than in the reference;
+* every call that began before the checkpoint has its row, and every agent part
+  the checkpoint holds that had rung has its activity (what began later and ended
+  unheard may be lost: README, "Restarts of ctid itself").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctid import checkpoint
+from ctid.core.ami import AmiMessage
+from ctid.core.effects import Effect, EmitActivity, EmitCall
+from ctid.core.model import Model, ModelSettings
+from ctid.core.numbers import NumberNormalizer
+from ctid.core.records import ActivityRecord, CallRecord
+from ctid.sim.pbxstate import PbxState
+from tests.fuzz_support import AGENTS, capture_events
+
+# Captures with calls in progress at many points, transfers and consults among them.
+CAPTURES = (
+    "inbound_answered",
+    "blind_transfer",
+    "attended_transfer",
+    "consult_then_retrieve",
+    "redirect_transfer",
+    "agent_ring_noanswer",
+    "inbound_abandoned",
+    "hold_unhold",
+    "outbound_click_to_dial",
+)
+RESYNC = ("CoreShowChannels", "BridgeList", "QueueStatus", "Status")
+
+
+def new_model() -> Model:
+    return Model(ModelSettings(agents=AGENTS), NumberNormalizer())
+
+
+def feed(model: Model, events: list[AmiMessage], out: list[Effect]) -> None:
+    for msg in events:
+        now = msg.timestamp or 0.0
+        out += model.tick(now)
+        out += model.apply(msg, now)
+
+
+def resync_items(state: PbxState, now: float) -> list[AmiMessage]:
+    """What the daemon's resync reads from the PBX: each list, then its Complete event."""
+    items: list[AmiMessage] = []
+    for action in RESYNC:
+        items += state.list_items(action, now) or []
+        items.append(AmiMessage.build({"Event": f"{action}Complete", "EventList": "Complete"}))
+    return items
+
+
+# What may change when a stored activity is saved again: its wrap-up ending later.
+UPDATABLE = frozenset({"wrapup_s", "wrapup_code", "notes"})
+
+
+class Store:
+    """Calls and activities as the daemon stores them (only_new for what ctid closed).
+
+    ``rewritten``: stored rows that a later save changed in more than ``UPDATABLE``
+    (the same call or part closed a second time, differently), unless the stored one
+    was ctid's own guess.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, CallRecord] = {}
+        self.activities: dict[str, ActivityRecord] = {}
+        self.rewritten: list[tuple[Any, Any]] = []
+
+    def take(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, EmitActivity):
+                record: Any = effect.record
+                table: dict[str, Any] = self.activities
+                key = record.id
+            elif isinstance(effect, EmitCall):
+                record, table, key = effect.record, self.calls, effect.record.interaction_id
+            else:
+                continue
+            old = table.get(key)
+            if old is not None and record.ended_while_disconnected:
+                continue
+            # A guess (ended_while_disconnected) replaced by what Asterisk said is an
+            # update: a leg the resync found up outlived the customer's and has ended now.
+            if old is not None and old != record and not old.ended_while_disconnected:
+                changed = {
+                    f for f in record.__dataclass_fields__ if getattr(old, f) != getattr(record, f)
+                }
+                if changed - UPDATABLE:
+                    self.rewritten.append((old, record))
+            table[key] = record
+
+
+def first_index(events: list[AmiMessage], linkedid: str) -> int:
+    return next(i for i, e in enumerate(events) if e.get("Linkedid") == linkedid)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.sampled_from(CAPTURES), st.data())
+def test_a_restart_anywhere_loses_and_duplicates_nothing_it_knew(name: str, data: Any) -> None:
+    events = list(capture_events(name))
+    n = len(events)
+    k = data.draw(st.integers(1, n - 1), label="killed after event")
+    j = data.draw(st.integers(max(0, k - 40), k), label="checkpoint after event")
+    back = data.draw(st.integers(k, n), label="back at event")
+
+    reference = Store()
+    out: list[Effect] = []
+    feed(new_model(), events, out)
+    reference.take(out)
+
+    first = new_model()
+    stored = Store()
+    out = []
+    feed(first, events[:j], out)
+    blob = checkpoint.dumps(first.state())
+    feed(first, events[j:k], out)
+    stored.take(out)
+
+    pbx = PbxState()
+    pbx.apply_all(events[:back])
+    second = new_model()
+    state = checkpoint.loads(blob)
+    parts = [*state.parts.values(), *state.settling.values()]
+    second.restore(
+        state,
+        stored_calls=frozenset(state.calls) & frozenset(stored.calls),
+        stored_activities=frozenset(p.activity_id for p in parts) & frozenset(stored.activities),
+    )
+    now = (events[back - 1].timestamp or 0.0) if back > 0 else 0.0
+    out = list(second.tick(now))
+    out += second.resync(resync_items(pbx, now), now)
+    feed(second, events[back:], out)
+    out += second.tick(now + 24 * 3600)  # everything settles, wrap-ups end
+    stored.take(out)
+
+    assert stored.rewritten == []
+    same_part = Counter(
+        (a.interaction_id, a.agent, a.offered_at, a.answered_at) for a in stored.activities.values()
+    )
+    assert [p for p, count in same_part.items() if count > 1] == []
+    per_agent = Counter((a.interaction_id, a.agent) for a in stored.activities.values())
+    want = Counter((a.interaction_id, a.agent) for a in reference.activities.values())
+    assert {key: c for key, c in per_agent.items() if c > want[key]} == {}
+
+    known_calls = {c for c in reference.calls if first_index(events, c) < j}
+    assert known_calls <= set(stored.calls), known_calls - set(stored.calls)
+    # The parts the checkpoint knew as worth an activity (they rang, were answered or
+    # dialled out; a leg that never rang gets none, with or without a restart).
+    known_parts = {
+        (p.call_id, p.agent)
+        for p in [*state.parts.values(), *state.settling.values()]
+        if p.alerting_at is not None
+        or p.answered_at is not None
+        or p.last_pop is not None
+        or p.originator
+    }
+    assert known_parts <= set(per_agent), known_parts - set(per_agent)
