@@ -144,7 +144,7 @@ class Daemon:
             config,
             self.model,
             send=self.ami.send,
-            emit=self._emit,
+            emit=self._emit_command,
             history=_StoreHistory(self),
             directory=_DirectoryAccess(self),
             # The model's clock: event time, running on between events.
@@ -170,6 +170,7 @@ class Daemon:
         self._checkpoint_at = float("-inf")  # loop time of the last checkpoint
         self._checkpoint_queued = False  # one is in the publisher's queue, not yet stored
         self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_cost_s = 0.0  # how long the last one took to take
         self._durable: asyncio.Queue[Effect] = asyncio.Queue()
         self._outbox_kick = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
@@ -245,10 +246,11 @@ class Daemon:
                 await asyncio.wait({ami_task})
                 await self.ami.events.join()
                 await self._durable.join()
-        if self.bus.connected.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._publishes.join()
+        # With the broker gone, publishing fails at once: what is queued is still
+        # stored (activities, calls) and the queue drains, the checkpoint last.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5 if self.bus.connected.is_set() else 2):
+                await self._publishes.join()
         if self._publishes.empty() and not self._publishing:
             # Everything the model emitted is stored: the state now matches the rows.
             # (Otherwise the last checkpoint stays, older than rows not yet stored.)
@@ -322,10 +324,19 @@ class Daemon:
                 effects = []
             finally:
                 self.ami.events.task_done()
-            if not isinstance(item, Tick):
+            if isinstance(item, AmiMessage):
+                if self.model.handles(item.event):  # others change nothing
+                    self._changes += 1
+            elif not isinstance(item, Tick):
                 self._changes += 1
             self._emit(effects)
             self._maybe_checkpoint()
+
+    def _emit_command(self, effects: list[Effect]) -> None:
+        # A command may change the model without an effect (notes on a call going on).
+        self._changes += 1
+        self._emit(effects)
+        self._maybe_checkpoint()
 
     def _emit(self, effects: list[Effect]) -> None:
         if effects:
@@ -532,7 +543,7 @@ class Daemon:
             return
         # A record ctid closed itself after a resync never replaces a stored one: see
         # Store.save_call (a call taken up from a checkpoint may have been stored since).
-        only_new = effect.record.ended_while_disconnected
+        only_new = effect.unseen_close
         try:
             if isinstance(effect, EmitActivity):
                 saved = await store.save_activity(
@@ -665,7 +676,9 @@ class Daemon:
         if self._checkpoint_queued or self._changes == self._checkpointed:
             return
         loop = asyncio.get_running_loop()
-        wait = self._checkpoint_at + _CHECKPOINT_EVERY_S - loop.time()
+        # At most 5% of the loop's time: a big model (thousands of calls open) waits longer.
+        every = max(_CHECKPOINT_EVERY_S, 20 * self._checkpoint_cost_s)
+        wait = self._checkpoint_at + every - loop.time()
         if wait > 0:
             if self._checkpoint_timer is None:
                 self._checkpoint_timer = loop.call_later(wait, self._checkpoint_due)
@@ -681,7 +694,10 @@ class Daemon:
     def _take_checkpoint(self) -> Checkpoint:
         """The model's state now (synchronously: no event is applied meanwhile)."""
         self._checkpointed = self._changes
-        return Checkpoint(time.time(), checkpoint.dumps(self.model.state()))
+        started = time.perf_counter()
+        state = checkpoint.dumps(self.model.state())
+        self._checkpoint_cost_s = time.perf_counter() - started
+        return Checkpoint(time.time(), state)
 
     async def _save_checkpoint(self, taken: Checkpoint) -> None:
         store = self._store
@@ -721,6 +737,8 @@ class Daemon:
             log.exception("model.checkpoint_unreadable")
             return
         self.model.restore(state, stored_calls=stored_calls, stored_activities=stored_activities)
+        # Lookups under way at the stop: their answers (and deadlines) went with it.
+        self._emit(self.model.pending_lookups())
         log.info(
             "model.restored",
             calls=len(self.model.calls),

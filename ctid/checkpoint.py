@@ -20,13 +20,14 @@ from dataclasses import fields
 from ctid import __version__
 from ctid.core.agents import Link, Phone, Presence
 from ctid.core.model import Agent, Call, Channel, ModelState, Part
+from ctid.core.records import ActivityRecord
 
 
 def fingerprint() -> str:
     """What a checkpoint must have been written by: this version, these fields."""
     shapes = [
         f"{cls.__name__}({','.join(f.name for f in fields(cls))})"
-        for cls in (ModelState, Channel, Call, Part, Agent)
+        for cls in (ModelState, Channel, Call, Part, Agent, ActivityRecord)
     ]
     shapes += [
         f"{enum.__name__}({','.join(e.value for e in enum)})" for enum in (Presence, Phone, Link)

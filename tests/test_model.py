@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ctid import checkpoint
-from ctid.core.agents import Presence
+from ctid.core.agents import Link, Presence
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import Effect, EmitActivity, EmitCall, Lookup, Publish, SendAction
 from ctid.core.model import AgentSpec, Model, ModelSettings
@@ -87,6 +87,63 @@ def test_wrap_up_done_early_carries_code_and_notes() -> None:
     assert (update.wrapup_s, update.wrapup_code, update.notes) == (4.0, "sale", "wants a brochure")
     assert m.agents["1001"].presence == Presence.READY
     assert m.tick(ended + 120.0) == []  # nothing left to time out
+
+
+def test_wrap_up_does_not_end_while_the_pbx_link_is_down() -> None:
+    """The unpause could not reach Asterisk: the wrap-up ends once the link is back."""
+    m = model(wrapup_s=10.0)
+    out = list(feed(m, events("inbound_answered")))
+    ended = next(e.record.ended_at for _, e in out if isinstance(e, EmitActivity))
+    m.set_link(Link.DOWN, ended + 1.0)
+    assert [e for e in m.tick(ended + 30.0) if isinstance(e, SendAction)] == []
+    assert m.agents["1001"].presence == Presence.WRAP_UP
+    m.set_link(Link.UP, ended + 31.0)
+    unpauses = [e for e in m.tick(ended + 31.5) if isinstance(e, SendAction)]
+    assert [dict(e.fields)["Paused"] for e in unpauses] == ["false", "false"]
+
+
+def test_only_the_close_of_a_part_ctid_did_not_see_end_is_a_guess() -> None:
+    """A part closed by a resync is emitted as unseen_close (never replaces a stored row);
+    its later updates (wrap-up, code, notes) are not: they must be stored."""
+    msgs = events("inbound_answered")
+    cut = next(i for i, e in enumerate(msgs) if e.event == "BridgeEnter") + 2
+    m = model(wrapup_s=60.0)
+    list(feed(m, msgs[:cut]))
+    complete = AmiMessage.build({"Event": "CoreShowChannelsComplete", "ListItems": "0"})
+    now = msgs[cut].timestamp or 0.0
+    closed = [e for e in m.resync([complete], now) if isinstance(e, EmitActivity | EmitCall)]
+    assert [(type(e).__name__, e.unseen_close) for e in closed] == [
+        ("EmitActivity", True),
+        ("EmitCall", True),
+    ]
+    later = [e for e in m.tick(now + 5.0) if isinstance(e, EmitActivity)]
+    later += [
+        e
+        for e in m.end_wrapup("1001", now + 6.0, code="sale", notes="n")
+        if isinstance(e, EmitActivity)
+    ]
+    assert later
+    assert all(e.record.ended_while_disconnected and not e.unseen_close for e in later)
+
+
+def test_a_lookup_under_way_at_the_checkpoint_is_asked_again() -> None:
+    """The answer and the deadline of a lookup went with the previous run: ask again."""
+    msgs = events("inbound_answered")
+    rang = next(
+        i
+        for i, e in enumerate(msgs)
+        if e.event == "Newstate" and e.get("ChannelStateDesc") == "Ringing"
+    )
+    m = model()
+    list(feed(m, msgs[: rang + 1]))
+    (call,) = m.calls.values()
+    assert call.lookup == "pending"
+    resumed = model()
+    resumed.restore(checkpoint.loads(checkpoint.dumps(m.state())))
+    lookups = resumed.pending_lookups()
+    assert [(e.call_id, e.by, e.value) for e in lookups if isinstance(e, Lookup)] == [
+        (call.id, "number", "+4930123456")
+    ]
 
 
 def test_no_wrap_up_by_default() -> None:

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctid import checkpoint
+from ctid.core.agents import Link
 from ctid.core.ami import AmiMessage
 from ctid.core.effects import Effect, EmitActivity, EmitCall
 from ctid.core.model import Model, ModelSettings
@@ -152,6 +153,7 @@ def test_a_restart_anywhere_loses_and_duplicates_nothing_it_knew(name: str, data
     )
     now = (events[back - 1].timestamp or 0.0) if back > 0 else 0.0
     out = list(second.tick(now))
+    out += second.set_link(Link.UP, now)  # the daemon's AMI link, then its resync
     out += second.resync(resync_items(pbx, now), now)
     feed(second, events[back:], out)
     out += second.tick(now + 24 * 3600)  # everything settles, wrap-ups end

@@ -28,6 +28,9 @@ class EmitActivity:
 
     record: ActivityRecord
     messages: tuple[Publish, ...]
+    # Closed by ctid, not by Asterisk's events (a resync found it gone): a guess that
+    # must never replace a stored row. Later saves of it (notes, wrap-up) are updates.
+    unseen_close: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class EmitCall:
 
     record: CallRecord
     messages: tuple[Publish, ...]
+    unseen_close: bool = False  # as EmitActivity's
 
 
 @dataclass(frozen=True, slots=True)

@@ -389,6 +389,25 @@ class Model:
             self._publish_snapshot(agent_id, now, out)
         return out
 
+    def handles(self, event: str) -> bool:
+        """Whether ``apply`` does anything with this event (others change nothing)."""
+        return event in self._handlers
+
+    def pending_lookups(self) -> list[Effect]:
+        """Ask the directory again for calls whose lookup was under way (after a restore:
+        the answer, and the deadline timer, were lost with the previous run)."""
+        out: list[Effect] = []
+        for call in list(self.calls.values()):
+            if call.lookup != "pending":
+                continue
+            parts = self._parts_of_call(call.id)
+            key = self._lookup_key(call, parts[0]) if parts else None
+            if key is None:
+                self.calls[call.id] = replace(call, lookup="")
+                continue
+            out.append(Lookup(call.id, key[0], key[1], self.settings.lookup_deadline_s))
+        return out
+
     def state(self) -> ModelState:
         """The calls and agents now (copies of the maps; their values are immutable)."""
         return ModelState(
@@ -431,6 +450,7 @@ class Model:
         self.settling = {key: part for key, part in state.settling.items() if part.agent in known}
         self.waiting = {queue: dict(callers) for queue, callers in state.waiting.items()}
         self.boot_time = state.boot_time
+        self.link = Link.DOWN  # until the daemon's AMI link is up (and resynced)
         for agent_id, agent in self.agents.items():
             self.agents[agent_id] = replace(agent, phone=self._phone_of(agent_id))
 
@@ -1424,14 +1444,18 @@ class Model:
         )
         self._emit_activity(updated, now, out)
 
-    def _emit_activity(self, record: ActivityRecord, now: float, out: list[Effect]) -> None:
+    def _emit_activity(
+        self, record: ActivityRecord, now: float, out: list[Effect], *, closing: bool = False
+    ) -> None:
+        """Store and publish ``record``; ``closing``: its part's end, not an update."""
         seq = self._next_seq(record.agent)
         payload = contract.activity_payload(record, ts=now, seq=seq)
         messages = (
             Publish(contract.agent_topic(record.agent, "activity"), payload, qos=1),
             Publish(contract.CRM_ACTIVITY_TOPIC, payload, qos=1),
         )
-        out.append(EmitActivity(record, messages))
+        unseen = closing and record.ended_while_disconnected
+        out.append(EmitActivity(record, messages, unseen_close=unseen))
 
     # ------------------------------------------------------------------ agent parts
 
@@ -1648,7 +1672,13 @@ class Model:
             if part.left_at is not None and now - part.left_at >= self.settings.settle_s:
                 self._settle_key(key, now, out)
         for agent in list(self.agents.values()):
-            if agent.wrapup_until is not None and now >= agent.wrapup_until:
+            # Not while the PBX link is down: the unpause could not be sent, and the
+            # resync would find the agent still paused by ctid, with no timer left.
+            if (
+                self.link == Link.UP
+                and agent.wrapup_until is not None
+                and now >= agent.wrapup_until
+            ):
                 out += self.end_wrapup(agent.id, now)
         for call in list(self.calls.values()):
             if now - call.started_at > self.settings.max_call_age_s:
@@ -1740,7 +1770,7 @@ class Model:
             # Never rang (a leg created and torn down at once): not worth an activity.
             self._publish_snapshot(part.agent, now, out)
             return
-        self._emit_activity(self._wrapup_closed(record), now, out)
+        self._emit_activity(self._wrapup_closed(record), now, out, closing=True)
         self._publish_snapshot(part.agent, now, out)
 
     def _extension(self, agent_id: str) -> str:
@@ -1780,7 +1810,8 @@ class Model:
             ended_while_disconnected=(call.closed_unseen or self._close_reason) == "disconnected",
         )
         payload = contract.call_record_payload(record, ts=now)
-        out.append(EmitCall(record, (Publish(contract.CRM_CALLS_TOPIC, payload, qos=1),)))
+        message = Publish(contract.CRM_CALLS_TOPIC, payload, qos=1)
+        out.append(EmitCall(record, (message,), unseen_close=record.ended_while_disconnected))
 
     def _call_outcome(self, call: Call) -> str:
         if call.answered_at is not None:
