@@ -104,7 +104,8 @@ def test_wrap_up_does_not_end_while_the_pbx_link_is_down() -> None:
 
 def test_only_the_close_of_a_part_ctid_did_not_see_end_is_a_guess() -> None:
     """A part closed by a resync is emitted as unseen_close (never replaces a stored row);
-    its later updates (wrap-up, code, notes) are not: they must be stored."""
+    it starts no wrap-up (it ended at an unknown time); notes after it go to the stored
+    activity (annotate: None), not through another guess."""
     msgs = events("inbound_answered")
     cut = next(i for i, e in enumerate(msgs) if e.event == "BridgeEnter") + 2
     m = model(wrapup_s=60.0)
@@ -116,14 +117,10 @@ def test_only_the_close_of_a_part_ctid_did_not_see_end_is_a_guess() -> None:
         ("EmitActivity", True),
         ("EmitCall", True),
     ]
-    later = [e for e in m.tick(now + 5.0) if isinstance(e, EmitActivity)]
-    later += [
-        e
-        for e in m.end_wrapup("1001", now + 6.0, code="sale", notes="n")
-        if isinstance(e, EmitActivity)
-    ]
-    assert later
-    assert all(e.record.ended_while_disconnected and not e.unseen_close for e in later)
+    assert m.agents["1001"].presence != Presence.WRAP_UP
+    assert [e for e in m.tick(now + 120.0) if isinstance(e, EmitActivity | SendAction)] == []
+    (activity,) = [e.record for e in closed if isinstance(e, EmitActivity)]
+    assert m.annotate(activity.interaction_id, "1001", now + 5.0, notes="call back") is None
 
 
 def test_a_lookup_under_way_at_the_checkpoint_is_asked_again() -> None:

@@ -1307,6 +1307,9 @@ class Model:
             or part.answered_at is None
             or agent.parts
             or agent.presence != Presence.READY
+            # Closed by a resync: it ended at some unknown time (maybe hours ago, ctid
+            # restarted the next morning); pausing the agent now would trap it.
+            or part.left_unseen
         ):
             return
         for device in agent.devices:
