@@ -78,8 +78,7 @@ class Store:
     """Calls and activities as the daemon stores them (only_new for what ctid closed).
 
     ``rewritten``: stored rows that a later save changed in more than ``UPDATABLE``
-    (the same call or part closed a second time, differently), unless the stored one
-    was ctid's own guess.
+    (the same call or part closed a second time, differently).
     """
 
     def __init__(self) -> None:
@@ -100,9 +99,7 @@ class Store:
             old = table.get(key)
             if old is not None and record.ended_while_disconnected:
                 continue
-            # A guess (ended_while_disconnected) replaced by what Asterisk said is an
-            # update: a leg the resync found up outlived the customer's and has ended now.
-            if old is not None and old != record and not old.ended_while_disconnected:
+            if old is not None and old != record:
                 changed = {
                     f for f in record.__dataclass_fields__ if getattr(old, f) != getattr(record, f)
                 }

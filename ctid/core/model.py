@@ -469,11 +469,12 @@ class Model:
         items = list(items)
         live = {i.get("Uniqueid"): i for i in items if i.event == "CoreShowChannel"}
         if any(i.event == "CoreShowChannelsComplete" for i in items) or live:
-            self._force_hangup(
-                [u for u in self.channels if u not in live], "disconnected", now, out
-            )
+            gone = [u for u in self.channels if u not in live]
+            # Channels Asterisk lists first: a call with a leg still up (an agent's,
+            # the customer gone) is not over, so the gone legs' hangups must not end it.
             for uid, item in live.items():
                 self._resync_channel(uid, item, now, out)
+            self._force_hangup(gone, "disconnected", now, out)
             self._infer_outage_transfers(now, out)
         members = [i for i in items if i.event == "QueueMember"]
         if members or any(i.event == "QueueStatusComplete" for i in items):
