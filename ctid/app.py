@@ -165,8 +165,7 @@ class Daemon:
         )
         self._publishes: asyncio.Queue[Outgoing | Checkpoint] = asyncio.Queue()
         self._publishing = False  # the publisher holds a batch it has not finished
-        self._changes = 0  # model changes so far (events applied, effects emitted)
-        self._checkpointed = 0  # _changes when the last checkpoint was taken
+        self._model_changed = False  # since the last checkpoint was taken
         self._checkpoint_at = float("-inf")  # loop time of the last checkpoint
         self._checkpoint_queued = False  # one is in the publisher's queue, not yet stored
         self._checkpoint_timer: asyncio.TimerHandle | None = None
@@ -326,21 +325,21 @@ class Daemon:
                 self.ami.events.task_done()
             if isinstance(item, AmiMessage):
                 if self.model.handles(item.event):  # others change nothing
-                    self._changes += 1
+                    self._model_changed = True
             elif not isinstance(item, Tick):
-                self._changes += 1
+                self._model_changed = True
             self._emit(effects)
             self._maybe_checkpoint()
 
     def _emit_command(self, effects: list[Effect]) -> None:
         # A command may change the model without an effect (notes on a call going on).
-        self._changes += 1
+        self._model_changed = True
         self._emit(effects)
         self._maybe_checkpoint()
 
     def _emit(self, effects: list[Effect]) -> None:
         if effects:
-            self._changes += 1
+            self._model_changed = True
         for effect in effects:
             if isinstance(effect, Outgoing):
                 self._publishes.put_nowait(effect)
@@ -673,7 +672,7 @@ class Daemon:
         at most every ``_CHECKPOINT_EVERY_S``: the next is taken once the last
         is stored, so under load a checkpoint covers many changes.
         """
-        if self._checkpoint_queued or self._changes == self._checkpointed:
+        if self._checkpoint_queued or not self._model_changed:
             return
         loop = asyncio.get_running_loop()
         # At most 5% of the loop's time: a big model (thousands of calls open) waits longer.
@@ -693,7 +692,7 @@ class Daemon:
 
     def _take_checkpoint(self) -> Checkpoint:
         """The model's state now (synchronously: no event is applied meanwhile)."""
-        self._checkpointed = self._changes
+        self._model_changed = False
         started = time.perf_counter()
         state = checkpoint.dumps(self.model.state())
         self._checkpoint_cost_s = time.perf_counter() - started

@@ -13,6 +13,7 @@ the daemon then starts without it, as it did before checkpoints existed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from dataclasses import fields
@@ -23,8 +24,10 @@ from ctid.core.model import Agent, Call, Channel, ModelState, Part
 from ctid.core.records import ActivityRecord
 
 
+@functools.cache
 def fingerprint() -> str:
-    """What a checkpoint must have been written by: this version, these fields."""
+    """What a checkpoint must have been written by: this version, these fields
+    (computed once: a checkpoint is saved up to five times a second)."""
     shapes = [
         f"{cls.__name__}({','.join(f.name for f in fields(cls))})"
         for cls in (ModelState, Channel, Call, Part, Agent, ActivityRecord)
