@@ -424,7 +424,7 @@ class Directory:
     async def _lookup(self, key: _CacheKey | None) -> Match:
         if key is None:
             return NO_ANI
-        await self._revalidate()
+        await self.revalidate()
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -448,9 +448,6 @@ class Directory:
 
     async def revalidate(self) -> None:
         """Clear the cache if another process imported since (checked every ``revalidate_s``)."""
-        await self._revalidate()
-
-    async def _revalidate(self) -> None:
         now = self._clock()
         if now - self._checked_at < self._revalidate_s:
             return
