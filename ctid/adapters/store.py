@@ -796,9 +796,7 @@ class Store:
         told that run is better than what the resync can guess, and the CRM has it.
         (The caller is the daemon's only writer of calls: nothing comes in between.)
         """
-        if only_new and await self._fetch(
-            "SELECT 1 FROM calls WHERE interaction_id = ?", (call.interaction_id,)
-        ):
+        if only_new and (await self.stored_ids([call.interaction_id], []))[0]:
             return False
         await self._submit(
             [(_UPSERT_CALL, [_encode(call)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
@@ -814,7 +812,7 @@ class Store:
     ) -> bool:
         """Insert or replace the activity and queue its messages, in one transaction
         (``only_new``: as ``save_call``'s, by the activity's id)."""
-        if only_new and await self._fetch("SELECT 1 FROM activities WHERE id = ?", (activity.id,)):
+        if only_new and (await self.stored_ids([], [activity.id]))[1]:
             return False
         await self._submit(
             [(_UPSERT_ACTIVITY, [_encode(activity)]), (_INSERT_OUTBOX, self._outbox_rows(outbox))]
@@ -1045,16 +1043,25 @@ class Store:
         self, interaction_ids: Iterable[str], activity_ids: Iterable[str]
     ) -> tuple[frozenset[str], frozenset[str]]:
         """Which of these calls (by interaction id) and activities (by id) are stored."""
-        calls = await self._fetch(
-            "SELECT interaction_id FROM calls "
-            "WHERE interaction_id IN (SELECT value FROM json_each(?))",
-            (orjson.dumps(list(interaction_ids)).decode(),),
+
+        async def stored(sql: str, ids: Iterable[str]) -> frozenset[str]:
+            wanted = list(ids)
+            if not wanted:  # no query for nothing
+                return frozenset()
+            rows = await self._fetch(sql, (orjson.dumps(wanted).decode(),))
+            return frozenset(str(r[0]) for r in rows)
+
+        return (
+            await stored(
+                "SELECT interaction_id FROM calls "
+                "WHERE interaction_id IN (SELECT value FROM json_each(?))",
+                interaction_ids,
+            ),
+            await stored(
+                "SELECT id FROM activities WHERE id IN (SELECT value FROM json_each(?))",
+                activity_ids,
+            ),
         )
-        activities = await self._fetch(
-            "SELECT id FROM activities WHERE id IN (SELECT value FROM json_each(?))",
-            (orjson.dumps(list(activity_ids)).decode(),),
-        )
-        return frozenset(str(r[0]) for r in calls), frozenset(str(r[0]) for r in activities)
 
     async def get_call(self, interaction_id: str) -> CallRecord | None:
         """The call with this interaction id, if stored."""
