@@ -34,6 +34,7 @@ from tests.test_slice_inbound import (
     CAPTURES,
     SECRET,
     daemon_config,
+    dedup_runs,
     queue_member,
     running_daemon,
 )
@@ -290,7 +291,7 @@ async def test_the_receiving_agent_pops_the_original_customer(
     assert bob[0]["lookup"] == "done"
     assert [p["match"] for p in bob] == [CRM_1] * len(bob)
     # In order: how bob came to the call, and alerting before accepted.
-    assert _dedup([p["why"] for p in bob]) == bob_whys
+    assert dedup_runs([p["why"] for p in bob]) == bob_whys
     assert [(p["phase"], p["why"]) for p in bob][-1] == (last["phase"], last["why"])
     first_accepted = next(i for i, p in enumerate(bob) if p["phase"] == "accepted")
     assert {p["phase"] for p in bob[:first_accepted]} == {"alerting"}
@@ -328,12 +329,12 @@ async def test_pop_on(mosquitto: MosquittoBroker, pop_on: str) -> None:
     rang = next(i for i, m in enumerate(stream) if m.get("phone") == "ringing")
     seqs = [m["seq"] for m in stream[rang:]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
-    phones = _dedup([m["phone"] for m in stream if m["type"] == "agent_state"])
+    phones = dedup_runs([m["phone"] for m in stream if m["type"] == "agent_state"])
     assert phones == ["idle", "ringing", "talking", "idle"]  # she did ring
     pops = pops_of(stream)
     assert pops, stream
     assert {p["interaction_id"] for p in pops} == {"1795308161.0"}
-    phases = _dedup([p["phase"] for p in pops])
+    phases = dedup_runs([p["phase"] for p in pops])
     if pop_on == "accepted":
         assert phases == ["accepted"]
         # The pop comes when she answers (stamped with the answer's time, as her
@@ -389,11 +390,11 @@ async def test_ringing_agents_all_pop_and_the_others_are_withdrawn(
         assert pop["number"]["e164"] == "+4940555666"
 
     # alice did not answer: her pop ends withdrawn, and nothing accepted.
-    assert _dedup([p["phase"] for p in alice]) == ["alerting", "withdrawn"]
+    assert dedup_runs([p["phase"] for p in alice]) == ["alerting", "withdrawn"]
     assert alice[-1]["match"] == HANS_MATCH
 
     # bob answered: accepted after alerting, never withdrawn.
-    assert _dedup([p["phase"] for p in bob]) == ["alerting", "accepted"]
+    assert dedup_runs([p["phase"] for p in bob]) == ["alerting", "accepted"]
     assert bob[-1]["match"] == HANS_MATCH
 
 
@@ -419,11 +420,3 @@ async def test_pop_on_accepted_pops_only_the_agent_who_answers(
     assert bob, got
     assert {p["phase"] for p in bob} == {"accepted"}
     assert bob[-1]["match"] == HANS_MATCH
-
-
-def _dedup(values: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for v in values:
-        if not out or out[-1] != v:
-            out.append(v)
-    return out

@@ -142,7 +142,7 @@ async def test_inbound_answered_end_to_end(
     phones = [s["phone"] for s in states]
     # Retained start-up state first, then the call's phases in order.
     assert phones[0] == "idle"
-    assert _dedup(phones) == ["idle", "ringing", "talking", "idle"]
+    assert dedup_runs(phones) == ["idle", "ringing", "talking", "idle"]
     assert states[-1]["presence"] == "ready"
     assert states[-1]["interactions"] == 0
     assert all(s["pbx"] == "up" for s in states)
@@ -216,8 +216,9 @@ async def _assert_rows(path: Path, *, expected_outbox_pending: int) -> None:
         assert len(await store.outbox_pending()) == expected_outbox_pending
 
 
-def _dedup(values: list[str]) -> list[str]:
-    out: list[str] = []
+def dedup_runs(values: list[Any]) -> list[Any]:
+    """``values`` with each run of equal neighbours kept once (a timeline of changes)."""
+    out: list[Any] = []
     for v in values:
         if not out or out[-1] != v:
             out.append(v)
